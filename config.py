@@ -1,0 +1,14 @@
+# pyinfra config, loaded once before the inventory and before any connection.
+from pyinfra import state
+
+from glmfleet.runctx import install_callbacks
+
+# The deploy is written against this pyinfra; another version may change facts or flags.
+REQUIRE_PYINFRA_VERSION = "==3.10.0"
+
+# Failure policy: a host that fails (preflight or an operation) is dropped and the rest of
+# the fleet goes on. Without -y pyinfra asks before continuing past a failed host.
+FAIL_PERCENT = None
+
+# Validate every host's settings before the first connection; print the summary at the end.
+install_callbacks(state)

@@ -1,0 +1,98 @@
+"""Readiness report and fleet summary as text and JSON (pure: no pyinfra import)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+from tabulate import tabulate
+
+GIB = 2**30
+
+
+def gpu_summary(gpu: Mapping[str, Any] | None) -> str:
+    """'4x NVIDIA RTX PRO 6000 ... (cc 12.0, 95.6 GiB)'; mixed fleets list each kind."""
+    if not gpu or gpu.get("error") and not gpu.get("gpus"):
+        err = (gpu or {}).get("error") or {}
+        return f"none ({err.get('kind', 'unknown')})"
+    kinds: dict[tuple, int] = {}
+    for g in gpu.get("gpus") or []:
+        cc = g.get("cc") or ["?", "?"]
+        mem = g.get("mem_total")
+        key = (g.get("name") or "?", f"{cc[0]}.{cc[1]}",
+               f"{mem / GIB:.1f} GiB" if isinstance(mem, (int, float)) else "? GiB")
+        kinds[key] = kinds.get(key, 0) + 1
+    if not kinds:
+        return "none"
+    return "; ".join(f"{n}x {name} (cc {cc}, {mem})" for (name, cc, mem), n in kinds.items())
+
+
+def _disk(facts: Mapping[str, Any]) -> str:
+    free = (facts.get("host") or {}).get("weights_fs_free_bytes")
+    return f"{free / GIB:,.0f} GiB free" if isinstance(free, (int, float)) else "?"
+
+
+def _driver(facts: Mapping[str, Any]) -> str:
+    gpu = facts.get("gpu") or {}
+    drv, cuda = gpu.get("driver"), gpu.get("cuda_driver")
+    if not drv:
+        return "none"
+    if isinstance(cuda, int):
+        return f"{drv} (CUDA {cuda // 1000}.{cuda % 1000 // 10})"
+    return str(drv)
+
+
+def readiness_table(preflight: Mapping[str, Mapping[str, Any]]) -> str:
+    rows = []
+    for host in sorted(preflight):
+        p = preflight[host]
+        first = next((c for c in p["checks"] if c.status == "FAIL"), None) or next(
+            (c for c in p["checks"] if c.status == "WARN"), None)
+        rows.append([host, gpu_summary(p["facts"].get("gpu")), _driver(p["facts"]),
+                     _disk(p["facts"]), p["verdict"], first.reason if first else ""])
+    return "\nPreflight readiness\n" + tabulate(
+        rows, headers=["host", "GPUs", "driver", "disk", "verdict", "first failing reason"])
+
+
+def details(preflight: Mapping[str, Mapping[str, Any]]) -> str:
+    """Every non-PASS check of every host, with its remedy."""
+    out = []
+    for host in sorted(preflight):
+        bad = [c for c in preflight[host]["checks"] if c.status != "PASS"]
+        if not bad:
+            continue
+        out.append(f"\n{host}: {preflight[host]['verdict']}")
+        for c in bad:
+            out.append(f"  [{c.status}] {c.name}: {c.reason}")
+            if c.remedy:
+                out.append(f"         fix: {c.remedy}")
+    return "\n".join(out) if out else "\nEvery host passed every check."
+
+
+def as_json(preflight: Mapping[str, Mapping[str, Any]]) -> dict:
+    return {
+        "hosts": {
+            host: {
+                "verdict": p["verdict"],
+                "checks": [dataclasses.asdict(c) for c in p["checks"]],
+                "facts": p["facts"],
+            }
+            for host, p in sorted(preflight.items())
+        }
+    }
+
+
+def summary_table(stages: Mapping[str, Mapping[str, tuple[str, str]]],
+                  order: Iterable[str]) -> str:
+    """Fleet summary: one row per host, one column per stage, then the result."""
+    order = list(order)
+    extra = sorted({s for per in stages.values() for s in per} - set(order))
+    cols = order + extra
+    rows = []
+    for host in sorted(stages):
+        per = stages[host]
+        cells = [per[s][0] if s in per else "-" for s in cols]
+        failed = [(s, per[s][1]) for s in cols if s in per and per[s][0] == "FAIL"]
+        result = "FAILED: " + f"{failed[0][0]}: {failed[0][1]}" if failed else "ok"
+        rows.append([host, *cells, result])
+    return "\nFleet summary\n" + tabulate(rows, headers=["host", *cols, "result"])

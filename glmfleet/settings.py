@@ -1,0 +1,305 @@
+"""Turn a host's data into one typed, validated Settings object (pure: no pyinfra import).
+
+Defaults live only in group_data/all.py; this module holds the rules. Every error names the
+host, the key, the bad value and what is allowed, and all errors of a host are reported
+together so an operator fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = REPO_ROOT / "group_data" / "all.py"
+
+# The recipe's DCP-1 ceiling: above ~131k a single 250k request OOMs with the KV replicated.
+DCP1_MAX_MODEL_LEN = 131072
+# Data keys that belong to pyinfra or its connectors, not to us.
+FOREIGN_KEY_PREFIXES = ("ssh_", "_", "local_", "docker_", "dockerssh_", "chroot_", "winrm_",
+                        "vagrant_", "terraform_", "podman_", "testbed_")
+
+
+class SettingsError(ValueError):
+    """Bad settings for one or more hosts; str() lists every problem, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    preflight_only: bool
+    preflight_report: str
+    model_repo: str
+    model_revision: str | None
+    weights_dir: str
+    hf_endpoint: str | None
+    hf_token_file: str | None
+    image: str
+    image_cuda_version: str
+    service_dir: str
+    service_name: str
+    port: int
+    bind_address: str
+    api_key: str | None
+    served_model_name: str
+    served_model_aliases: tuple[str, ...]
+    enable_thinking: bool
+    shm_size: str
+    omp_num_threads: int
+    tensor_parallel_size: int
+    decode_context_parallel_size: int
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    gpu_memory_utilization: float
+    mtp_enabled: bool
+    num_speculative_tokens: int
+    index_topk_pattern: str | None
+    gpu_count: int
+    gpu_compute_capability: tuple[int, int]
+    gpu_min_memory_gib: float
+    gpu_require_open_kernel_module: bool
+    disk_margin_gib: float
+    min_shm_gib: float
+    supported_os: tuple[str, ...]
+    rollout_batch_size: int
+    ready_timeout_s: int
+    smoke_timeout_s: int
+
+    @property
+    def cudagraph_capture_size(self) -> int:
+        """The recipe's rule: max-num-seqs x (speculative tokens + 1)."""
+        return self.max_num_seqs * ((self.num_speculative_tokens if self.mtp_enabled else 0) + 1)
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        return (self.served_model_name, *[a for a in self.served_model_aliases
+                                          if a != self.served_model_name])
+
+
+# --- value parsers: each returns the typed value or raises ValueError(<what is allowed>) ---
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    raise ValueError("true or false")
+
+
+def _int(lo: int, hi: int):
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"an integer from {lo} to {hi}")
+        try:
+            n = int(str(v).replace("_", "")) if not isinstance(v, int) else v
+        except ValueError:
+            raise ValueError(f"an integer from {lo} to {hi}") from None
+        if not lo <= n <= hi:
+            raise ValueError(f"an integer from {lo} to {hi}")
+        return n
+    return parse
+
+
+def _float(lo: float, hi: float, lo_open: bool = False):
+    desc = f"a number {'above' if lo_open else 'from'} {lo} {'and at most' if lo_open else 'to'} {hi}"
+
+    def parse(v: Any) -> float:
+        if isinstance(v, bool):
+            raise ValueError(desc)
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(desc) from None
+        if x > hi or x < lo or (lo_open and x == lo):
+            raise ValueError(desc)
+        return x
+    return parse
+
+
+def _choice(*allowed: Any):
+    def parse(v: Any):
+        for a in allowed:
+            if v == a or (isinstance(v, str) and str(a) == v):
+                return a
+        raise ValueError("one of " + ", ".join(repr(a) for a in allowed))
+    return parse
+
+
+def _str(pattern: str | None = None, desc: str = "a non-empty string"):
+    def parse(v: Any) -> str:
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(desc)
+        if pattern and not re.fullmatch(pattern, v):
+            raise ValueError(desc)
+        return v
+    return parse
+
+
+def _optional(inner):
+    def parse(v: Any):
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none", "null")):
+            return None
+        return inner(v)
+    return parse
+
+
+def _abs_path(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/") or "\x00" in v or v.rstrip("/") == "":
+        raise ValueError("an absolute path such as /mnt/llm_models/GLM (not /)")
+    return v.rstrip("/")
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [p.strip() for p in v.split(",") if p.strip()]
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("a list of strings (or a comma-separated string)")
+    return tuple(v)
+
+
+def _compute_capability(v: Any) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        v = f"{v[0]}.{v[1]}"
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", str(v))
+    if not m:
+        raise ValueError('"major.minor", e.g. "12.0"')
+    return int(m.group(1)), int(m.group(2))
+
+
+def _pattern(v: Any) -> str:
+    from glmfleet.index_pattern import check_pattern
+
+    if not isinstance(v, str):
+        raise ValueError("a string of F and S characters")
+    problem = check_pattern(v)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+_HOSTNAME = r"[A-Za-z0-9.:-]+"
+PARSERS = {
+    "preflight_only": _bool,
+    "preflight_report": lambda v: "" if v in (None, "") else _str()(v),
+    "model_repo": _str(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", "an owner/name Hub repo id"),
+    "model_revision": _optional(_str(r"[0-9a-f]{40}", "a 40-hex lowercase commit sha (never a branch such as main)")),
+    "weights_dir": _abs_path,
+    "hf_endpoint": _optional(_str(r"https?://\S+", "an http(s):// URL")),
+    "hf_token_file": _optional(_str(desc="a path on the controller")),
+    "image": _str(r"[a-z0-9][a-z0-9._/:@-]*", "a docker image reference (repo:tag)"),
+    "image_cuda_version": _str(r"\d+\.\d+", 'a CUDA version "major.minor", e.g. "13.2"'),
+    "service_dir": _abs_path,
+    "service_name": _str(r"[a-z0-9][a-z0-9_-]*", "lowercase letters, digits, - and _"),
+    "port": _int(1, 65535),
+    "bind_address": _str(r"(\d{1,3}\.){3}\d{1,3}|::|::1|" + _HOSTNAME, "an IP address such as 0.0.0.0 or 127.0.0.1"),
+    "api_key": _optional(_str(r"[\x21-\x7e]{8,}", "at least 8 printable characters, no spaces")),
+    "served_model_name": _str(r"[A-Za-z0-9._/-]+", "letters, digits, . _ / -"),
+    "served_model_aliases": _str_list,
+    "enable_thinking": _bool,
+    "shm_size": _str(r"\d+[kmg]?b?", 'a size such as "32gb"'),
+    "omp_num_threads": _int(1, 1024),
+    "tensor_parallel_size": _int(1, 16),
+    "decode_context_parallel_size": _choice(1, 2, 4),
+    "max_model_len": _int(1024, 1_048_576),
+    "max_num_seqs": _int(1, 256),
+    "max_num_batched_tokens": _int(256, 1_048_576),
+    "gpu_memory_utilization": _float(0.0, 0.99, lo_open=True),
+    "mtp_enabled": _bool,
+    "num_speculative_tokens": _int(1, 8),
+    "index_topk_pattern": _optional(_pattern),
+    "gpu_count": _int(1, 16),
+    "gpu_compute_capability": _compute_capability,
+    "gpu_min_memory_gib": _float(0.0, 4096.0, lo_open=True),
+    "gpu_require_open_kernel_module": _bool,
+    "disk_margin_gib": _float(0.0, 100_000.0),
+    "min_shm_gib": _float(0.0, 4096.0),
+    "supported_os": _str_list,
+    "rollout_batch_size": _int(1, 1000),
+    "ready_timeout_s": _int(10, 86_400),
+    "smoke_timeout_s": _int(5, 3600),
+}
+assert set(PARSERS) == {f.name for f in dataclasses.fields(Settings)}
+
+
+def load_defaults(path: Path = DEFAULTS_FILE) -> dict[str, Any]:
+    """The defaults as group_data/all.py declares them (for tests and tools outside pyinfra)."""
+    scope: dict[str, Any] = {}
+    exec(compile(path.read_text(), str(path), "exec"), scope)
+    return {k: v for k, v in scope.items() if not k.startswith("__")}
+
+
+def _is_ours(key: str) -> bool:
+    return not key.startswith(FOREIGN_KEY_PREFIXES)
+
+
+def validate(host: str, data: Mapping[str, Any]) -> Settings:
+    """Validate one host's merged data; raise SettingsError listing every problem."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+
+    def bad(key: str, value: Any, allowed: str) -> None:
+        problems.append(f"{host}: setting '{key}' = {value!r} is not allowed: expected {allowed}")
+
+    for key in sorted(k for k in data if _is_ours(k) and k not in PARSERS):
+        close = [k for k in PARSERS if _similar(k, key)]
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.append(f"{host}: unknown setting '{key}'{hint}; the settings are listed in group_data/all.py")
+    for key, parse in PARSERS.items():
+        if key not in data:
+            problems.append(f"{host}: setting '{key}' is missing (its default lives in group_data/all.py)")
+            continue
+        try:
+            values[key] = parse(data[key])
+        except ValueError as e:
+            bad(key, data[key], str(e))
+    if problems:
+        raise SettingsError(problems)
+
+    # Rules across settings (the recipe's sizing constraints).
+    tp, dcp = values["tensor_parallel_size"], values["decode_context_parallel_size"]
+    if tp % dcp:
+        bad("decode_context_parallel_size", dcp, f"a divisor of tensor_parallel_size ({tp})")
+    if dcp == 1 and values["max_model_len"] > DCP1_MAX_MODEL_LEN:
+        bad("max_model_len", values["max_model_len"],
+            f"at most {DCP1_MAX_MODEL_LEN} with decode_context_parallel_size=1 (the KV cache is "
+            "replicated per GPU and 250k OOMs above ~177k): set decode_context_parallel_size=4 "
+            "for 250k, or max_model_len=131072 for the smaller, faster DCP-1 box")
+    if values["model_revision"] is None and not values["preflight_only"]:
+        bad("model_revision", None, "the 40-hex commit of model_repo to deploy (pin it; the "
+            "469B cut is retired upstream, so a branch may vanish): set it in group_data/all.py, "
+            "the inventory or --data model_revision=<sha>; preflight_only=true needs none")
+    if values["tensor_parallel_size"] > values["gpu_count"]:
+        bad("tensor_parallel_size", tp, f"at most gpu_count ({values['gpu_count']})")
+    if values["max_num_batched_tokens"] < values["max_num_seqs"]:
+        bad("max_num_batched_tokens", values["max_num_batched_tokens"],
+            f"at least max_num_seqs ({values['max_num_seqs']})")
+    if problems:
+        raise SettingsError(problems)
+    return Settings(**values)
+
+
+def validate_many(hosts: Mapping[str, Mapping[str, Any]]) -> dict[str, Settings]:
+    """Validate every host; one SettingsError with all hosts' problems."""
+    out, problems = {}, []
+    for name, data in hosts.items():
+        try:
+            out[name] = validate(name, data)
+        except SettingsError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise SettingsError(problems)
+    return out
+
+
+def _similar(a: str, b: str) -> bool:
+    import difflib
+
+    return difflib.SequenceMatcher(None, a, b).ratio() > 0.8

@@ -1,0 +1,54 @@
+# Every knob of the deploy, with its default and what it means: the one source of truth.
+# Override per host in the inventory, per group in group_data/<group>.py, or per run with
+# `--data key=value`. Settings are validated (glmfleet/settings.py) before any connection;
+# an unknown key is an error, so a typo is never silently ignored.
+
+# --- Run mode -------------------------------------------------------------------------------
+preflight_only = False  # gather facts, check, print the readiness report; change nothing
+preflight_report = "preflight-report.json"  # where (on the controller) the JSON report goes; "" = none
+
+# --- Model and weights ----------------------------------------------------------------------
+model_repo = "0xSero/GLM-5.2-NVFP4-REAP-469B"  # Hugging Face repo of the checkpoint
+model_revision = None  # REQUIRED for a full deploy: the 40-hex commit to pin (never a branch)
+weights_dir = "/mnt/llm_models/GLM-5.2-NVFP4-REAP-469B"  # where the weights live on the host
+hf_endpoint = None  # Hub mirror URL (HF_ENDPOINT); None = huggingface.co
+hf_token_file = None  # controller-side file holding the HF token; else $HF_TOKEN; None = anonymous
+
+# --- Container and service ------------------------------------------------------------------
+image = "voipmonitor/vllm:black-benediction-b12xpr11-vllmbb6c5b7-b12xd90d89c-fi3395b41aa8d-dg324aced12c-cu132-20260608"  # noqa: E501  the b12x vLLM image (only one with SM120 sparse MLA)
+image_cuda_version = "13.2"  # CUDA userspace of the image: the host driver must support it
+service_dir = "/opt/glm52"  # where the box kit (compose, .env, scripts) is placed on the host
+service_name = "glm52-vllm"  # compose service / container name
+port = 8000  # HTTP port of the OpenAI-compatible API
+bind_address = "0.0.0.0"  # address the API listens on (127.0.0.1 = loopback only)
+api_key = None  # API key the server demands (Bearer); None = open API
+served_model_name = "glm-5.2"  # primary model name in the API (aliases below are always added)
+served_model_aliases = ["GLM-5.2-NVFP4-REAP-469B", "GLM-5.2"]  # extra names clients may use
+enable_thinking = True  # reasoning on (glm45 parser); False = direct answers, no-think template
+shm_size = "32gb"  # container /dev/shm (the recipe's value; ipc: host shares the host's too)
+omp_num_threads = 16  # OMP_NUM_THREADS inside the container
+
+# --- vLLM sizing (the recipe's validated values) --------------------------------------------
+tensor_parallel_size = 4  # one shard per GPU
+decode_context_parallel_size = 4  # DCP: shards the MLA KV cache across GPUs (4 = 250k context)
+max_model_len = 250000  # context length; DCP 1 tops out near 131k (OOM above ~177k)
+max_num_seqs = 2  # concurrent sequences (also sizes the CUDA-graph capture)
+max_num_batched_tokens = 8192  # prefill chunk size
+gpu_memory_utilization = 0.95  # share of each GPU's memory vLLM may take
+mtp_enabled = True  # MTP speculative decoding (the checkpoint's own draft layer)
+num_speculative_tokens = 3  # MTP draft tokens per step
+index_topk_pattern = None  # 78-char F/S override; None = derive from config.json indexer_types
+
+# --- GPU and host requirements (preflight) --------------------------------------------------
+gpu_count = 4  # exactly this many GPUs must be visible through NVML
+gpu_compute_capability = "12.0"  # required compute capability (RTX PRO 6000 Blackwell = 12.0)
+gpu_min_memory_gib = 95.0  # per GPU, as NVML reports it (a "96 GB" card shows ~95.6 GiB)
+gpu_require_open_kernel_module = True  # Blackwell needs NVIDIA's open kernel modules
+disk_margin_gib = 20.0  # free space required on top of the weights still to download
+min_shm_gib = 16.0  # host /dev/shm below this is a WARN (ipc: host uses the host's)
+supported_os = ["ubuntu 22.04", "ubuntu 24.04", "debian 12"]  # "<id> <version>" accepted
+
+# --- Rollout and timeouts -------------------------------------------------------------------
+rollout_batch_size = 2  # hosts changed at once after the canary
+ready_timeout_s = 1800  # wait for the API to answer (first boot compiles kernels, ~6 min)
+smoke_timeout_s = 300  # one smoke-test chat completion

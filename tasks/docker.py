@@ -1,0 +1,12 @@
+"""Stage 'docker': not implemented yet.
+
+Reported as NOT IMPLEMENTED in the fleet summary (and loudly in the log) so a run never
+looks like it did work it did not do.
+"""
+
+from pyinfra import host, logger
+
+from glmfleet import runctx
+
+logger.warning(f"{host.name}: stage 'docker' is not implemented yet: skipped, nothing changed")
+runctx.record(host.name, "docker", "NOT IMPLEMENTED", "stage not built yet")

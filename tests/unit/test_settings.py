@@ -1,0 +1,116 @@
+"""Settings validation: each bad input is refused with the host, the key and what is allowed."""
+
+import re
+
+import pytest
+
+from glmfleet.settings import PARSERS, Settings, SettingsError, load_defaults, validate, validate_many
+
+REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def data():
+    return dict(load_defaults(), model_revision=REV)
+
+
+def problems(data, host="gpu-07"):
+    with pytest.raises(SettingsError) as e:
+        validate(host, data)
+    return e.value.problems
+
+
+def test_defaults_are_valid_and_match_the_recipe(data):
+    s = validate("gpu-01", data)
+    assert isinstance(s, Settings)
+    assert (s.tensor_parallel_size, s.decode_context_parallel_size, s.max_model_len) == (4, 4, 250000)
+    assert s.max_num_seqs == 2 and s.num_speculative_tokens == 3
+    assert s.cudagraph_capture_size == 8  # 2 x (3 + 1), as the recipe derives it
+    assert s.gpu_compute_capability == (12, 0)
+    assert s.served_names == ("glm-5.2", "GLM-5.2-NVFP4-REAP-469B", "GLM-5.2")
+
+
+def test_every_default_is_declared_once_with_a_comment():
+    text = open("group_data/all.py").read()
+    for key in PARSERS:
+        lines = [ln for ln in text.splitlines() if re.match(rf"{key}\s*=", ln)]
+        assert len(lines) == 1, key
+        assert "#" in lines[0], f"{key} has no comment"
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("decode_context_parallel_size", 3, "one of 1, 2, 4"),
+    ("port", 0, "1 to 65535"),
+    ("port", 70000, "1 to 65535"),
+    ("port", "http", "1 to 65535"),
+    ("weights_dir", "models/glm", "absolute path"),
+    ("service_dir", "/", "absolute path"),
+    ("model_revision", "main", "40-hex"),
+    ("model_revision", REV.upper(), "40-hex"),
+    ("model_revision", REV[:39], "40-hex"),
+    ("gpu_memory_utilization", 1.5, "at most 0.99"),
+    ("gpu_memory_utilization", 0, "above 0.0"),
+    ("max_num_seqs", 0, "1 to 256"),
+    ("enable_thinking", "maybe", "true or false"),
+    ("index_topk_pattern", "FFFX", "only F and S"),
+    ("index_topk_pattern", "F" * 77, "78 F/S characters"),
+    ("gpu_compute_capability", "twelve", "major.minor"),
+    ("image", "Bad Image!", "image reference"),
+])
+def test_bad_value_names_host_key_value_and_allowed(data, key, value, allowed):
+    data[key] = value
+    (msg,) = problems(data)
+    assert msg.startswith(f"gpu-07: setting '{key}' = {value!r}")
+    assert allowed in msg
+
+
+def test_dcp_must_divide_tp(data):
+    data.update(tensor_parallel_size=2, decode_context_parallel_size=4, gpu_count=4)
+    (msg,) = problems(data)
+    assert "'decode_context_parallel_size'" in msg and "divisor of tensor_parallel_size (2)" in msg
+
+
+def test_dcp1_above_ceiling_gets_the_recipes_advice(data):
+    data["decode_context_parallel_size"] = 1
+    (msg,) = problems(data)
+    assert "'max_model_len' = 250000" in msg and "decode_context_parallel_size=4" in msg
+    data["max_model_len"] = 131072
+    assert validate("h", data).decode_context_parallel_size == 1
+
+
+def test_unknown_key_is_reported_with_a_suggestion(data):
+    data["gpu_memory_utilisation"] = 0.9
+    (msg,) = problems(data)
+    assert "unknown setting 'gpu_memory_utilisation'" in msg and "gpu_memory_utilization" in msg
+
+
+def test_connector_keys_are_not_settings(data):
+    data.update(ssh_hostname="10.0.0.1", ssh_user="root", _sudo=True)
+    validate("h", data)
+
+
+def test_cli_strings_are_coerced(data):
+    # `--data key=value` may hand over strings.
+    data.update(port="8080", enable_thinking="false", gpu_memory_utilization="0.9",
+                served_model_aliases="a,b", gpu_compute_capability="9.0")
+    s = validate("h", data)
+    assert (s.port, s.enable_thinking, s.gpu_memory_utilization) == (8080, False, 0.9)
+    assert s.served_model_aliases == ("a", "b") and s.gpu_compute_capability == (9, 0)
+
+
+def test_all_problems_of_all_hosts_reported_together(data):
+    bad1 = dict(data, port=0, dcp=4)
+    bad2 = dict(data, weights_dir="x")
+    with pytest.raises(SettingsError) as e:
+        validate_many({"a": bad1, "b": data, "c": bad2})
+    text = str(e.value)
+    assert "a: setting 'port'" in text and "a: unknown setting 'dcp'" in text
+    assert "c: setting 'weights_dir'" in text and "b:" not in text
+
+
+def test_full_deploy_needs_a_pinned_revision(data):
+    data["model_revision"] = None
+    (msg,) = problems(data)
+    assert "'model_revision' = None" in msg and "40-hex commit" in msg
+    data["preflight_only"] = True
+    assert validate("h", data).model_revision is None
