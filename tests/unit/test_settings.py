@@ -114,3 +114,12 @@ def test_full_deploy_needs_a_pinned_revision(data):
     assert "'model_revision' = None" in msg and "40-hex commit" in msg
     data["preflight_only"] = True
     assert validate("h", data).model_revision is None
+
+
+def test_readme_settings_table_is_current():
+    from glmfleet.settings_doc import refreshed
+
+    readme = open("README.md").read()
+    assert refreshed(readme) == readme, "run: python -m glmfleet.settings_doc --write"
+    for key in PARSERS:
+        assert f"| `{key}` |" in readme
