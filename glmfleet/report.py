@@ -8,6 +8,11 @@ from typing import Any, Iterable, Mapping
 from tabulate import tabulate
 
 GIB = 2**30
+REASON_WIDTH = 90  # table cells stay on one line; the details below carry the full text
+
+
+def _short(text: str, width: int = REASON_WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def gpu_summary(gpu: Mapping[str, Any] | None) -> str:
@@ -49,7 +54,7 @@ def readiness_table(preflight: Mapping[str, Mapping[str, Any]]) -> str:
         first = next((c for c in p["checks"] if c.status == "FAIL"), None) or next(
             (c for c in p["checks"] if c.status == "WARN"), None)
         rows.append([host, gpu_summary(p["facts"].get("gpu")), _driver(p["facts"]),
-                     _disk(p["facts"]), p["verdict"], first.reason if first else ""])
+                     _disk(p["facts"]), p["verdict"], _short(first.reason) if first else ""])
     return "\nPreflight readiness\n" + tabulate(
         rows, headers=["host", "GPUs", "driver", "disk", "verdict", "first failing reason"])
 
@@ -93,6 +98,6 @@ def summary_table(stages: Mapping[str, Mapping[str, tuple[str, str]]],
         per = stages[host]
         cells = [per[s][0] if s in per else "-" for s in cols]
         failed = [(s, per[s][1]) for s in cols if s in per and per[s][0] == "FAIL"]
-        result = "FAILED: " + f"{failed[0][0]}: {failed[0][1]}" if failed else "ok"
+        result = _short(f"FAILED in {failed[0][0]}: {failed[0][1]}") if failed else "ok"
         rows.append([host, *cells, result])
     return "\nFleet summary\n" + tabulate(rows, headers=["host", *cols, "result"])

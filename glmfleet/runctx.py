@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 from pyinfra import host as current_host
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.state import BaseStateCallback
 from pyinfra_cli.exceptions import CliError
 
@@ -111,7 +112,7 @@ def record(host_name: str, stage: str, status: str, detail: str = "", state=None
 def record_preflight(state, host, checks, facts: dict) -> None:
     """Store one host's checks; once all active hosts are in, print the report and drop
     the failing hosts (before any operation is executed anywhere)."""
-    from glmfleet.checks_stub import first_failure, verdict
+    from glmfleet.checks import first_failure, verdict
 
     run = run_for(state)
     v = verdict(checks)
@@ -133,7 +134,11 @@ def record_preflight(state, host, checks, facts: dict) -> None:
     if failed:
         echo(f"Dropping {len(failed)} host(s) that failed preflight: "
              + ", ".join(sorted(h.name for h in failed)))
-        state.fail_hosts(failed)
+        try:
+            state.fail_hosts(failed)
+        except PyinfraError as e:  # "No hosts remaining!" / over FAIL_PERCENT
+            raise PyinfraError(f"{e} Every host to deploy failed preflight or was dropped; nothing "
+                           "was changed. The reasons and fixes are listed above.") from None
 
 
 def passed_preflight(state, host) -> bool:

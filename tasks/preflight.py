@@ -1,4 +1,16 @@
+"""Stage 'preflight': gather facts (NVML probe + host facts), check, report. Changes nothing.
+
+Two read-only SSH commands per host. Once every host is in, runctx prints the readiness
+table and drops the hosts that failed, before any operation of any stage runs.
+"""
+
 from pyinfra import host, state
+
 from glmfleet import runctx
-from glmfleet.checks_stub import Check
-runctx.record_preflight(state, host, [Check("stub", "PASS", "", "")], {})
+from glmfleet.checks import run_checks
+from glmfleet.facts import gather_preflight_facts
+
+settings = runctx.settings()
+facts = gather_preflight_facts(host, settings)
+checks = run_checks(facts["gpu"], facts["host"], settings, weights_total_bytes=None)
+runctx.record_preflight(state, host, checks, facts)

@@ -32,6 +32,9 @@ from pathlib import Path
 
 from testbed import rootfs
 from testbed.aptproxy import AptProxy, DEFAULT_PORT
+# A host file that, when present, becomes the host's /proc/driver/nvidia/version (NVML double).
+DRIVER_VERSION_SOURCE = "/etc/fake-nvidia-version"
+
 from testbed.rootfs import alive, children, start_time, wait_gone, umount_tree, remove_tree
 
 NET = ipaddress.ip_network("10.213.0.0/16")
@@ -289,6 +292,11 @@ class Fleet:
             # a fresh /run per boot, as on a real machine (no stale pid files after restart)
             f"mount -t tmpfs -o size=64m,mode=755,nosuid,nodev tmpfs {r}/run",
             f"mkdir -p {r}/run/sshd {r}/run/lock",
+            # The NVIDIA kernel module's version file, where the driver puts it, for hosts
+            # given one by the NVML double (procfs itself cannot hold it: a tmpfs over
+            # /proc/driver, private to this host, can).
+            f"if [ -f {r}{DRIVER_VERSION_SOURCE} ]; then mount -t tmpfs -o size=1m tmpfs {r}/proc/driver"
+            f" && mkdir {r}/proc/driver/nvidia && cp {r}{DRIVER_VERSION_SOURCE} {r}/proc/driver/nvidia/version; fi",
             f"hostname {shlex.quote(h.name)}",
             f"exec /usr/bin/env -i PATH={HOST_PATH} LANG=C.UTF-8 /usr/sbin/chroot {r} /usr/sbin/sshd -D -e",
         ]

@@ -1,0 +1,418 @@
+"""Preflight checks on passing and failing input, and the host-facts script and parser."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from glmfleet import checks, cuda
+from glmfleet.checks import Check, run_checks
+from glmfleet.facts.gpu import parse_probe_output
+from glmfleet.facts.host import HostFacts, host_facts_command, parse_host_facts, proc_net_address
+from glmfleet.settings import load_defaults, validate
+
+DATA = Path(__file__).parent / "data"
+GIB = 2**30
+OUR_ID = "4f1c2a9be0d8e7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2918070605040302010ff"
+
+
+@pytest.fixture
+def settings():
+    return validate("test", {**load_defaults(), "preflight_only": True})
+
+
+def with_(settings, **changes):
+    return dataclasses.replace(settings, **changes)
+
+
+@pytest.fixture
+def gpu():
+    """A passing probe result: 4x RTX PRO 6000 (recorded from the fake)."""
+    return parse_probe_output((DATA / "probe-rtx6000x4.json").read_text().replace("\n", " "))
+
+
+@pytest.fixture
+def host():
+    """A passing host: Ubuntu 24.04 with our service already running."""
+    return parse_host_facts((DATA / "host-ubuntu2404.txt").read_text())
+
+
+def named(found, name) -> Check:
+    return next(c for c in found if c.name == name)
+
+
+# --- verdict and first failure ----------------------------------------------------------------
+
+def test_verdict_and_first_failure():
+    p, w, f = Check("a", "PASS", ""), Check("b", "WARN", ""), Check("c", "FAIL", "why", "fix")
+    assert checks.verdict([]) == "PASS" and checks.verdict([p]) == "PASS"
+    assert checks.verdict([p, w]) == "WARN" and checks.verdict([w, f, p]) == "FAIL"
+    assert checks.first_failure([p, w]) is None and checks.first_failure([w, f, f]) is f
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.status = "PASS"
+
+
+def test_the_target_box_passes(gpu, host, settings):
+    found = run_checks(gpu, host, settings, weights_total_bytes=313_046_722_560)
+    bad = [c for c in found if c.status != "PASS"]
+    # Only the open API is worth a word on a fully set-up box.
+    assert [c.name for c in bad] == ["api_exposure"]
+    assert len({c.name for c in found}) == len(found) == 20
+
+
+# --- GPU checks ---------------------------------------------------------------------------
+
+def test_gpu_count(gpu, settings):
+    assert checks.check_gpu_count(gpu, settings).status == "PASS"
+    three = copy.deepcopy(gpu)
+    three["gpus"].pop()
+    three["count"] = 3
+    c = checks.check_gpu_count(three, settings)
+    assert c.status == "FAIL" and "4 GPUs required, 3 visible" in c.reason
+    five = with_(settings, gpu_count=5)
+    assert checks.check_gpu_count(gpu, five).status == "FAIL"  # exactly, not at least
+
+
+def test_compute_capability_names_the_gpu(gpu, settings):
+    assert checks.check_compute_capability(gpu, settings).status == "PASS"
+    gpu["gpus"][3]["cc"] = [8, 9]
+    gpu["gpus"][3]["name"] = "NVIDIA RTX 6000 Ada Generation"
+    gpu["gpus"][1]["cc"] = None
+    gpu["gpus"][1]["errors"] = {"cc": "NVMLError_Unknown: Unknown Error"}
+    c = checks.check_compute_capability(gpu, settings)
+    assert c.status == "FAIL"
+    assert "GPU 3 (NVIDIA RTX 6000 Ada Generation) is 8.9" in c.reason
+    assert "GPU 1" in c.reason and "Unknown Error" in c.reason and "GPU 0" not in c.reason
+
+
+def test_gpu_memory_in_gib_as_nvml_reports(gpu, settings):
+    assert checks.check_gpu_memory(gpu, settings).status == "PASS"  # 95.6 GiB >= 95
+    assert checks.check_gpu_memory(gpu, with_(settings, gpu_min_memory_gib=96.0)).status == "FAIL"
+    gpu["gpus"][0]["mem_total"] = None
+    c = checks.check_gpu_memory(gpu, settings)
+    assert c.status == "FAIL" and "GPU 0" in c.reason and "unknown" in c.reason
+
+
+def test_driver(gpu, settings):
+    c = checks.check_driver(gpu, settings)
+    assert c.status == "PASS" and "supports CUDA 13.2" in c.reason
+    gpu["cuda_driver"] = 13010
+    gpu["driver"] = "590.44.01"
+    c = checks.check_driver(gpu, settings)
+    assert c.status == "FAIL" and "595.45.04" in c.remedy and "forward compatibility" in c.remedy
+    assert checks.check_driver(gpu, with_(settings, image_cuda_version="13.1")).status == "PASS"
+    # No CUDA version from NVML: fall back to the driver version table.
+    gpu["cuda_driver"] = None
+    gpu["driver"] = "596.10.01"
+    assert checks.check_driver(gpu, settings).status == "PASS"
+    gpu["driver"] = "580.95.05"
+    assert checks.check_driver(gpu, settings).status == "FAIL"
+    # A CUDA version missing from the table: the remedy says what to look for instead.
+    c = checks.check_driver(gpu, with_(settings, image_cuda_version="14.0"))
+    assert c.status == "FAIL" and "supports CUDA 14.0" in c.remedy
+
+
+def test_open_kernel_module(gpu, settings):
+    assert checks.check_open_kernel_module(gpu, settings).status == "PASS"
+    gpu["open_kernel_module"] = None
+    assert checks.check_open_kernel_module(gpu, settings).status == "WARN"
+    gpu["open_kernel_module"] = False
+    assert checks.check_open_kernel_module(gpu, settings).status == "FAIL"
+    relaxed = with_(settings, gpu_require_open_kernel_module=False)
+    assert checks.check_open_kernel_module(gpu, relaxed).status == "PASS"
+
+
+def test_probe_errors_each_fail_with_a_remedy(settings):
+    for kind, needle in (("no_driver", "595.45.04"), ("no_python", "python3"),
+                         ("init_failed", "nvidia-smi"), ("driver_not_loaded", "modprobe")):
+        remedy = {"no_python": "install python3", "init_failed": "check nvidia-smi",
+                  "driver_not_loaded": "modprobe nvidia"}.get(kind)
+        facts = parse_probe_output(json.dumps(
+            {"ok": False, "error": {"kind": kind, "message": "m", "remedy": remedy}}))
+        found = run_checks(facts, {}, settings)
+        first = checks.first_failure(found)
+        assert first.name == "gpu_probe" and needle in first.remedy, kind
+        # NVML-dependent checks are skipped rather than failing on missing data.
+        assert not {"gpu_count", "gpu_memory", "driver"} & {c.name for c in found}
+    assert run_checks(None, None, settings)[0].status == "FAIL"
+
+
+def test_foreign_gpu_process_fails_but_our_service_passes(gpu, host, settings):
+    gpu["gpus"][2]["procs"] = [{"pid": 31337, "used_memory": 90 * GIB, "name": "python3",
+                                "container_id": OUR_ID}]
+    c = checks.check_gpu_processes(gpu, host, settings)
+    assert c.status == "PASS" and "our own" in c.reason
+    gpu["gpus"][0]["procs"] = [{"pid": 777, "used_memory": 2 * GIB, "name": "Xorg", "container_id": None}]
+    c = checks.check_gpu_processes(gpu, host, settings)
+    assert c.status == "FAIL" and "pid 777 (Xorg) holds 2.0 GiB on GPU 0" in c.reason
+    assert "31337" not in c.reason
+    # Without our container running, the same vLLM process is someone else's.
+    c = checks.check_gpu_processes(gpu, {**host, "containers": []}, settings)
+    assert "pid 31337" in c.reason
+    gpu["gpus"][0]["procs"] = None
+    gpu["gpus"][2]["procs"] = []
+    assert checks.check_gpu_processes(gpu, host, settings).status == "WARN"
+
+
+def test_persistence_mode(gpu):
+    assert checks.check_persistence(gpu).status == "PASS"
+    gpu["gpus"][1]["persistence"] = False
+    c = checks.check_persistence(gpu)
+    assert c.status == "WARN" and "GPU 1" in c.reason and "nvidia-smi -pm 1" in c.remedy
+
+
+def test_pcie_link(gpu):
+    assert checks.check_pcie_link(gpu).status == "PASS"
+    gpu["gpus"][3]["pcie_width"] = 8
+    c = checks.check_pcie_link(gpu)
+    assert c.status == "WARN" and "GPU 3" in c.reason and "x8 of gen 5 x16" in c.reason
+    gpu["gpus"][3]["pcie_width"] = None  # unknown is not slow
+    assert checks.check_pcie_link(gpu).status == "PASS"
+    gpu["gpus"][0]["pcie_gen"] = 1
+    assert checks.check_pcie_link(gpu).status == "WARN"
+
+
+# --- host checks --------------------------------------------------------------------------
+
+def test_os(host, settings):
+    assert checks.check_os(host, settings).status == "PASS"
+    deb = parse_host_facts((DATA / "host-debian12.txt").read_text())
+    assert checks.check_os(deb, settings).status == "PASS"
+    c = checks.check_os({**host, "os": "ubuntu 20.04", "os_pretty_name": "Ubuntu 20.04.6 LTS"}, settings)
+    assert c.status == "FAIL" and "Ubuntu 20.04.6" in c.reason and "ubuntu 24.04" in c.remedy
+    assert checks.check_os({**host, "os": None}, settings).status == "FAIL"
+    assert checks.check_os({**host, "os": "rocky 9"}, with_(settings, supported_os=("Rocky  9",))).status == "PASS"
+
+
+def test_disk_counts_bytes_present_and_margin(host, settings):
+    total = 313 * 10**9
+    base = {**host, "weights_fs_mount": "/mnt", "weights_present_bytes": 0}
+    need = total + 20 * GIB
+    assert checks.check_disk({**base, "weights_fs_free_bytes": need}, settings, total).status == "PASS"
+    c = checks.check_disk({**base, "weights_fs_free_bytes": need - 1}, settings, total)
+    assert c.status == "FAIL" and "still to download" in c.reason and "/mnt" in c.remedy
+    # Bytes already there need no new space.
+    half = {**base, "weights_present_bytes": total // 2, "weights_fs_free_bytes": total // 2 + 20 * GIB}
+    assert checks.check_disk(half, settings, total).status == "PASS"
+    done = {**base, "weights_present_bytes": total, "weights_fs_free_bytes": 20 * GIB}
+    assert checks.check_disk(done, settings, total).status == "PASS"
+    assert checks.check_disk({**base, "weights_fs_free_bytes": None}, settings, total).status == "FAIL"
+
+
+def test_disk_without_manifest_uses_the_recipe_estimate(host, settings):
+    assert checks.ESTIMATED_WEIGHTS_BYTES == 313 * 10**9
+    c = checks.check_disk({**host, "weights_present_bytes": 0,
+                           "weights_fs_free_bytes": 300 * GIB}, settings)
+    assert c.status == "FAIL" and "estimated at 313 GB" in c.reason
+    c = checks.check_disk({**host, "weights_present_bytes": 0, "weights_fs_free_bytes": 400 * GIB},
+                          settings, weights_total_bytes=300 * GIB)
+    assert c.status == "PASS" and "estimated" not in c.reason
+
+
+def test_shm(host, settings):
+    assert checks.check_shm(host, settings).status == "PASS"
+    c = checks.check_shm({**host, "shm_total_bytes": 8 * GIB}, settings)
+    assert c.status == "WARN" and "16 GiB" in c.reason
+    assert checks.check_shm({**host, "shm_total_bytes": None}, settings).status == "WARN"
+    assert checks.check_shm({**host, "shm_total_bytes": 8 * GIB}, with_(settings, min_shm_gib=0.0)).status == "PASS"
+
+
+def test_port(host, settings):
+    c = checks.check_port(host, settings)  # our vLLM listens
+    assert c.status == "PASS" and "our own" in c.reason
+    assert checks.check_port({**host, "port_listeners": []}, settings).reason.endswith("is free")
+    foreign = parse_host_facts((DATA / "host-ubuntu2204.txt").read_text())
+    c = checks.check_port(foreign, settings)
+    assert c.status == "FAIL" and "pid 1234 (nginx)" in c.reason
+    # Owner invisible (not root): ours only when our container runs.
+    hidden = [{"address": "0.0.0.0", "pid": None, "process": None, "container_id": None}]
+    assert checks.check_port({**host, "port_listeners": hidden}, settings).status == "PASS"
+    c = checks.check_port({**host, "port_listeners": hidden, "containers": []}, settings)
+    assert c.status == "FAIL" and "unknown process" in c.reason
+
+
+def test_api_exposure(settings):
+    assert checks.check_api_exposure(settings).status == "WARN"
+    assert checks.check_api_exposure(with_(settings, api_key="s3cret-key")).status == "PASS"
+    for addr in ("127.0.0.1", "::1", "localhost", "127.0.0.53"):
+        assert checks.check_api_exposure(with_(settings, bind_address=addr)).status == "PASS", addr
+    c = checks.check_api_exposure(with_(settings, bind_address="10.0.0.5"))
+    assert c.status == "WARN" and "10.0.0.5:8000" in c.reason
+
+
+def test_iommu_and_acs(host):
+    assert checks.check_iommu(host).status == "PASS"  # iommu=pt, no ACS
+    c = checks.check_iommu(parse_host_facts((DATA / "host-ubuntu2204.txt").read_text()))
+    assert c.status == "WARN" and "intel_iommu=on" in c.reason and "ACS" in c.reason
+    assert "NCCL_P2P_DISABLE=1" in c.reason
+
+
+def test_sizing(gpu, settings):
+    assert checks.check_sizing(gpu, settings).status == "PASS"
+    c = checks.check_sizing(gpu, with_(settings, decode_context_parallel_size=2))
+    assert c.status == "WARN" and "355k" in c.reason
+    c = checks.check_sizing(gpu, with_(settings, decode_context_parallel_size=1, max_model_len=131072))
+    assert c.status == "WARN" and "81 tok/s" in c.reason
+    c = checks.check_sizing(gpu, with_(settings, decode_context_parallel_size=1))
+    assert c.status == "FAIL" and "131072" in c.reason
+    assert checks.check_sizing(gpu, with_(settings, max_model_len=300000)).status == "WARN"
+    two = copy.deepcopy(gpu)
+    two["count"] = 2
+    c = checks.check_sizing(two, settings)
+    assert c.status == "FAIL" and "tensor_parallel_size 4" in c.reason
+    assert checks.check_sizing(gpu, with_(settings, decode_context_parallel_size=3)).status == "FAIL"
+
+
+def test_docker_compose_toolkit_never_fail(host):
+    bare = parse_host_facts((DATA / "host-debian12.txt").read_text())
+    for fn in (checks.check_docker, checks.check_compose, checks.check_nvidia_toolkit):
+        assert fn(host).status == "PASS"
+        c = fn(bare)
+        assert c.status == "PASS" and "install" in c.reason
+    down = parse_host_facts((DATA / "host-ubuntu2204.txt").read_text())
+    assert checks.check_docker(down).status == "WARN"
+    assert "docker compose 2.21.0" in checks.check_compose(down).reason
+    assert "docker-compose 1.29.2" in checks.check_compose({"compose_v1_version": "1.29.2"}).reason
+
+
+def test_incomplete_host_facts_fail_once(gpu, settings):
+    found = run_checks(gpu, parse_host_facts("uid=0\n"), settings)
+    assert named(found, "host_facts").status == "FAIL"
+    assert not {"os", "disk", "port", "shm", "docker"} & {c.name for c in found}
+
+
+def test_first_failure_order_puts_hardware_first(gpu, settings):
+    gpu["gpus"][0]["cc"] = [9, 0]
+    foreign = parse_host_facts((DATA / "host-ubuntu2204.txt").read_text())
+    found = run_checks(gpu, foreign, settings)
+    assert checks.first_failure(found).name == "gpu_compute_capability"
+    assert {c.name for c in found if c.status == "FAIL"} == {"gpu_compute_capability", "disk", "port"}
+
+
+def test_cuda_table():
+    assert cuda.cuda_int("13.2") == 13020 and cuda.cuda_text(12080) == "12.8"
+    assert cuda.min_driver("13.0") == "580.65.06" and cuda.min_driver("13.1") == "590.44.01"
+    assert cuda.min_driver("13.2") == "595.45.04" and cuda.min_driver("11.8") is None
+    assert cuda.driver_supports("595.45.04", "13.2") and not cuda.driver_supports("595.44.99", "13.2")
+    assert cuda.driver_supports("garbage", "13.2") is None
+    with pytest.raises(ValueError):
+        cuda.parse_cuda("13")
+
+
+# --- host facts: parser on recorded outputs -------------------------------------------------
+
+def test_parse_ubuntu_2404():
+    f = parse_host_facts((DATA / "host-ubuntu2404.txt").read_text())
+    assert f["complete"] and f["os"] == "ubuntu 24.04" and f["os_codename"] == "noble"
+    assert (f["kernel"], f["arch"], f["cpus"]) == ("6.8.0-57-generic", "x86_64", 64)
+    assert f["mem_total_bytes"] == 528161544 * 1024
+    assert f["weights_fs_mount"] == "/mnt/llm_models" and f["weights_fs_free_bytes"] == 3121930112 * 1024
+    assert f["weights_present_bytes"] == 313046722560
+    assert f["shm_total_bytes"] == 264080772 * 1024 and f["shm_fstype"] == "tmpfs"
+    assert f["port_listeners"] == [{"address": "0.0.0.0", "pid": 31337, "process": "python3",
+                                    "container_id": OUR_ID}]
+    assert f["iommu_cmdline_flags"] == ["amd_iommu=on", "iommu=pt"] and f["iommu_mode"] == "passthrough"
+    assert f["iommu_units"] == ["ivhd0", "ivhd1"] and f["acs_enabled_bridges"] == 0
+    assert (f["docker_version"], f["docker_server_version"], f["compose_v2_version"]) == \
+        ("27.5.1", "27.5.1", "2.32.4")
+    assert f["nvidia_ctk_version"] == "1.17.4" and f["compose_v1_version"] is None
+    assert f["containers"][0]["name"] == f["containers"][0]["compose_service"] == "glm52-vllm"
+    assert f["containers"][0]["status"] == "Up 3 hours"
+
+
+def test_parse_ubuntu_2204():
+    f = parse_host_facts((DATA / "host-ubuntu2204.txt").read_text())
+    assert f["os"] == "ubuntu 22.04" and f["os_pretty_name"] == "Ubuntu 22.04.5 LTS"
+    assert [lst["address"] for lst in f["port_listeners"]] == ["0.0.0.0", "::"]
+    assert f["iommu_mode"] == "translated" and f["iommu_groups"] == 148 and f["acs_enabled_bridges"] == 4
+    assert f["docker_version"] == "24.0.7" and f["docker_server_version"] is None
+    assert f["containers"] is None and f["nvidia_ctk_version"] is None
+
+
+def test_parse_debian_12_minbase():
+    f = parse_host_facts((DATA / "host-debian12.txt").read_text())
+    assert f["os"] == "debian 12" and f["listen_tool"] == "proc" and f["port_listeners"] == []
+    assert f["weights_existing_parent"] == "/mnt" and f["weights_present_bytes"] == 0
+    assert f["iommu_mode"] == "off" and f["acs_enabled_bridges"] is None
+    assert f["docker_version"] is None and f["containers"] is None
+
+
+def test_parse_never_raises_and_marks_incomplete():
+    for text in ("", "garbage", "listen=a|b\ncontainer=x\n", "cpus=many\nuid=\nmem_total_kb=-1\n",
+                 "listen=proc|zz|1|x|-\n"):
+        f = parse_host_facts(text)
+        assert f["complete"] is False and isinstance(f["port_listeners"], list)
+    assert HostFacts.default()["complete"] is False
+
+
+def test_acs_needs_root():
+    assert parse_host_facts("uid=1000\nacs_srcvalid=0\n")["acs_enabled_bridges"] is None
+
+
+@pytest.mark.parametrize("hex_addr,text", [
+    ("0100007F", "127.0.0.1"), ("00000000", "0.0.0.0"), ("0500000A", "10.0.0.5"),
+    ("00000000000000000000000000000000", "::"), ("00000000000000000000000001000000", "::1"),
+    ("0000000000000000FFFF00000100007F", "127.0.0.1"),
+])
+def test_proc_net_addresses(hex_addr, text):
+    assert proc_net_address(hex_addr) == text
+
+
+# --- host facts: the real script on this machine --------------------------------------------
+
+@pytest.fixture
+def listener():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def run_script(weights_dir: str, port: int, path: str | None = None) -> dict:
+    env = {**os.environ, "PATH": path} if path else None
+    proc = subprocess.run(["/bin/sh", "-c", host_facts_command(weights_dir, port)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return parse_host_facts(proc.stdout)
+
+
+def test_script_runs_here_and_finds_the_listener(tmp_path, listener):
+    weights = tmp_path / "models" / "GLM it's 5.2"  # quoting: a space and a quote
+    weights.mkdir(parents=True)
+    (weights / "model-00001.safetensors").write_bytes(b"x" * 5000)
+    (weights / "sub").mkdir()
+    (weights / "sub" / "config.json").write_bytes(b"{}")
+    (weights / ".cache").mkdir()
+    (weights / ".cache" / "partial.incomplete").write_bytes(b"y" * 9000)
+    f = run_script(str(weights), listener)
+    assert f["complete"] and f["os"] and f["cpus"] and f["mem_total_bytes"]
+    assert f["weights_existing_parent"] == str(weights)
+    assert f["weights_present_bytes"] == 5002  # file bytes; the .cache partial left out
+    assert f["weights_fs_free_bytes"] > 0
+    assert [(lst["address"], lst["pid"]) for lst in f["port_listeners"]] == [("127.0.0.1", os.getpid())]
+    missing = run_script(str(tmp_path / "not" / "yet"), listener)
+    assert missing["weights_existing_parent"] == str(tmp_path) and missing["weights_present_bytes"] == 0
+
+
+def test_script_without_ss_reads_proc_net_tcp(tmp_path, listener):
+    """Debian minbase has no ss: the /proc/net/tcp fallback finds the same listener."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "awk", "sed", "grep", "find", "cat", "head", "cut", "printf", "ls", "wc",
+                 "tr", "df", "du", "id", "uname", "getconf", "dirname", "timeout"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    f = run_script(str(tmp_path), listener, path=str(bin_dir))
+    assert f["complete"] and f["listen_tool"] == "proc"
+    assert f["port_listeners"][0]["address"] == "127.0.0.1"
+    assert f["port_listeners"][0]["pid"] == os.getpid()
+    assert f["docker_version"] is None and f["containers"] is None
