@@ -416,3 +416,30 @@ def test_script_without_ss_reads_proc_net_tcp(tmp_path, listener):
     assert f["port_listeners"][0]["address"] == "127.0.0.1"
     assert f["port_listeners"][0]["pid"] == os.getpid()
     assert f["docker_version"] is None and f["containers"] is None
+
+
+def test_real_1x_h100_probe_output_is_refused_then_passes_with_matching_requirements():
+    """Recorded on a real H100 host (driver 580.159.04) by tests/real_gpu/check.sh."""
+    import json
+    from pathlib import Path
+
+    from glmfleet.checks import run_checks as run, verdict as verdict_of
+    from glmfleet.facts.gpu import parse_probe_output
+    from glmfleet.settings import load_defaults, validate
+
+    raw = (Path(__file__).parent / "data" / "probe-real-1x-h100.json").read_text()
+    gpu = parse_probe_output(json.dumps(json.loads(raw)))
+    assert gpu["ok"] and gpu["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
+    assert gpu["gpus"][0]["mem_total"] == 81559 * 2**20  # nvidia-smi: 81559 MiB
+    from glmfleet.facts.host import parse_host_facts
+
+    host = parse_host_facts((Path(__file__).parent / "data" / "host-ubuntu2404.txt").read_text())
+    host.update(weights_fs_free_bytes=10**15, port_listeners=[])
+    strict = validate("h100", dict(load_defaults(), preflight_only=True))
+    failed = {c.name for c in run(gpu, host, strict) if c.status == "FAIL"}
+    assert {"gpu_count", "gpu_compute_capability", "gpu_memory", "driver"} <= failed
+    matched = validate("h100", dict(load_defaults(), preflight_only=True, gpu_count=1,
+                                    tensor_parallel_size=1, decode_context_parallel_size=1,
+                                    max_model_len=131072, gpu_compute_capability="9.0",
+                                    gpu_min_memory_gib=75, image_cuda_version="13.0"))
+    assert verdict_of(run(gpu, host, matched)) != "FAIL"
