@@ -39,6 +39,22 @@ class Check:
     remedy: str = ""
 
 
+def check_manifest(manifest: Mapping[str, Any] | None, error: Exception | None,
+                   settings: Settings) -> Check:
+    """The Hub's file list at the pinned revision: needed to size the disk and to download.
+    A failure blocks a deploy; a preflight-only run falls back to the size estimate."""
+    if manifest is not None:
+        return Check("manifest", PASS, f"{settings.model_repo}@{settings.model_revision[:12]}: "
+                     f"{len(manifest['files'])} files, {manifest['total_size'] / 1e9:.1f} GB")
+    if error is None:
+        return Check("manifest", WARN, "model_revision is not set: disk needs use the recipe's "
+                     f"{ESTIMATED_WEIGHTS_BYTES / 1e9:.0f} GB estimate",
+                     "set model_revision to the 40-hex commit you will deploy")
+    return Check("manifest", WARN if settings.preflight_only else FAIL,
+                 f"cannot read the Hub's file list: {error}",
+                 "check hf_endpoint, the HF token (hf_token_file or $HF_TOKEN) and model_revision")
+
+
 def verdict(checks: Iterable[Check]) -> str:
     statuses = {c.status for c in checks}
     return FAIL if FAIL in statuses else WARN if WARN in statuses else PASS

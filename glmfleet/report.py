@@ -98,6 +98,12 @@ def summary_table(stages: Mapping[str, Mapping[str, tuple[str, str]]],
         per = stages[host]
         cells = [per[s][0] if s in per else "-" for s in cols]
         failed = [(s, per[s][1]) for s in cols if s in per and per[s][0] == "FAIL"]
-        result = _short(f"FAILED in {failed[0][0]}: {failed[0][1]}") if failed else "ok"
+        missing = [s for s in cols if s in per and per[s][0] == "NOT IMPLEMENTED"]
+        if failed:
+            result = _short(f"FAILED in {failed[0][0]}: {failed[0][1]}")
+        elif missing:
+            result = "incomplete: " + ", ".join(missing) + " not implemented yet"
+        else:
+            result = "ok"
         rows.append([host, *cells, result])
     return "\nFleet summary\n" + tabulate(rows, headers=["host", *cols, "result"])

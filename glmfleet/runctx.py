@@ -32,6 +32,7 @@ class _Run:
         self.settings: dict[str, Settings] = {}
         self.preflight: dict[str, dict] = {}  # host -> {"checks": [...], "verdict", "facts"}
         self.stages: dict[str, dict[str, tuple[str, str]]] = {}  # host -> stage -> (status, detail)
+        self.manifests: dict[tuple, tuple[dict | None, Exception | None]] = {}
         self.preflight_done = False
         self.summary_printed = False
 
@@ -139,6 +140,39 @@ def record_preflight(state, host, checks, facts: dict) -> None:
         except PyinfraError as e:  # "No hosts remaining!" / over FAIL_PERCENT
             raise PyinfraError(f"{e} Every host to deploy failed preflight or was dropped; nothing "
                            "was changed. The reasons and fixes are listed above.") from None
+
+
+def hf_token(s: Settings) -> str | None:
+    """The HF token: settings' hf_token_file, else $HF_TOKEN; never printed or logged."""
+    if s.hf_token_file:
+        path = os.path.expanduser(s.hf_token_file)
+        try:
+            with open(path) as f:
+                return f.read().strip() or None
+        except OSError as e:
+            raise PyinfraError(f"hf_token_file {path!r} cannot be read ({e.strerror}): "
+                               "fix the path or its permissions, or unset it") from None
+    return os.environ.get("HF_TOKEN") or None
+
+
+def manifest(state, s: Settings):
+    """(manifest, error) for the pinned revision, fetched once per run on the controller.
+
+    Greenlets sharing a key do not race: the fetch blocks the (unpatched) event loop, so the
+    first caller fills the cache before any other host's preflight resumes."""
+    from glmfleet.manifest import ManifestError, fetch_manifest
+
+    if s.model_revision is None:
+        return None, None
+    key = (s.model_repo, s.model_revision, s.hf_endpoint, s.hf_token_file)
+    run = run_for(state)
+    if key not in run.manifests:
+        try:
+            run.manifests[key] = (fetch_manifest(s.model_repo, s.model_revision, s.hf_endpoint,
+                                                 hf_token(s)), None)
+        except ManifestError as e:
+            run.manifests[key] = (None, e)
+    return run.manifests[key]
 
 
 def passed_preflight(state, host) -> bool:

@@ -1,16 +1,20 @@
 """Stage 'preflight': gather facts (NVML probe + host facts), check, report. Changes nothing.
 
-Two read-only SSH commands per host. Once every host is in, runctx prints the readiness
-table and drops the hosts that failed, before any operation of any stage runs.
+Two read-only SSH commands per host, plus one Hub manifest read per run on the controller
+(it sizes the disk check). Once every host is in, runctx prints the readiness table and
+drops the hosts that failed, before any operation of any stage runs.
 """
 
 from pyinfra import host, state
 
 from glmfleet import runctx
-from glmfleet.checks import run_checks
+from glmfleet.checks import check_manifest, run_checks
 from glmfleet.facts import gather_preflight_facts
 
 settings = runctx.settings()
+manifest, manifest_error = runctx.manifest(state, settings)
 facts = gather_preflight_facts(host, settings)
-checks = run_checks(facts["gpu"], facts["host"], settings, weights_total_bytes=None)
+checks = run_checks(facts["gpu"], facts["host"], settings,
+                    weights_total_bytes=manifest["total_size"] if manifest else None)
+checks.append(check_manifest(manifest, manifest_error, settings))
 runctx.record_preflight(state, host, checks, facts)

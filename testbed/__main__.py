@@ -4,6 +4,7 @@
     python -m testbed status [--workdir DIR]
     python -m testbed down [--workdir DIR | --all]
     python -m testbed rootfs          # build (or show) the cached host image
+    python -m testbed demo [--keep]   # the real deploy.py on 3 simulated hosts, then teardown
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def cmd_rootfs(a) -> int:
     return 0
 
 
+def cmd_demo(a) -> int:
+    from testbed.demo import run_demo
+
+    return run_demo(keep=a.keep)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m testbed", description=BANNER)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -101,8 +108,11 @@ def main(argv=None) -> int:
                            help="every fleet recorded under /var/tmp/glmfleet-fleet-* (all sessions!)")
     up.add_argument("--workdir", default=CLI_WORKDIR)
     sub.add_parser("rootfs", help="build or show the cached host image")
+    demo = sub.add_parser("demo", help="run the real deploy.py on 3 simulated hosts, then tear down")
+    demo.add_argument("--keep", action="store_true", help="leave the fleet up afterwards")
     a = p.parse_args(argv)
-    return {"up": cmd_up, "status": cmd_status, "down": cmd_down, "rootfs": cmd_rootfs}[a.cmd](a)
+    return {"up": cmd_up, "status": cmd_status, "down": cmd_down, "rootfs": cmd_rootfs,
+            "demo": cmd_demo}[a.cmd](a)
 
 
 if __name__ == "__main__":

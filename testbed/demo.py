@@ -1,0 +1,71 @@
+"""Local demo: the real deploy.py against a 3-host SIMULATED fleet, end to end, then teardown.
+
+    sudo .venv/bin/python -m testbed demo [--keep]
+
+What is real: SSH (sshd on each host, paramiko through pyinfra), pyinfra, apt and dpkg, each
+host's own filesystem and network address. What is simulated, each by a named test double:
+the GPUs (a fake libnvidia-ml.so.1 behind the real nvidia-ml-py), the Hugging Face Hub
+(a local endpoint serving a small synthetic checkpoint), and the serving image.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from testbed.doubles import nvml
+from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
+from testbed.fleet import Fleet
+
+REPO = Path(__file__).resolve().parent.parent
+# Two hosts that can serve the model and one that cannot (2x H100): preflight drops it.
+DEMO_HOSTS = {"gpu-a": "rtx6000x4", "gpu-b": "rtx6000x4", "gpu-h100": "h100x2"}
+
+BANNER = """\
+============================================================================================
+ LOCAL DEMO on a SIMULATED fleet. Real: SSH, pyinfra, apt, each host's filesystem/address.
+ SIMULATED (test doubles): the GPUs (fake NVML driver library), the Hugging Face Hub (local
+ endpoint, tiny synthetic checkpoint), and the serving image. Nothing here touches a real
+ GPU, the real Hub or a real model.
+============================================================================================"""
+
+
+def run_demo(keep: bool = False, extra_args: list[str] | None = None) -> int:
+    print(BANNER, flush=True)
+    work = Path(tempfile.mkdtemp(prefix="glmfleet-demo-"))
+    fleet = Fleet(cleanup_at_exit=True)
+    hub = HubDouble(make_checkpoint_dir(work / "hub"), repo_id=DEFAULT_REPO_ID,
+                    revision=DEFAULT_REVISION)
+    try:
+        hub.start()
+        for name, profile in DEMO_HOSTS.items():
+            fleet.add_host(name, files=nvml.host_files(profile), shm_size="32g")
+        fleet.start()
+        data = {"model_revision": DEFAULT_REVISION, "hf_endpoint": hub.url,
+                "preflight_report": str(work / "preflight-report.json")}
+        inventory = fleet.write_inventory(work / "inventory.py",
+                                          host_data={n: data for n in DEMO_HOSTS})
+        print(f"\nSimulated hosts: " + ", ".join(f"{h.name} ({DEMO_HOSTS[h.name]}, {h.address})"
+                                                 for h in fleet.hosts.values()))
+        print(f"Running: pyinfra {inventory} deploy.py -y\n", flush=True)
+        pyinfra = Path(sys.executable).parent / "pyinfra"
+        rc = subprocess.call([str(pyinfra), str(inventory), "deploy.py", "-y",
+                              *(extra_args or [])], cwd=REPO)
+        print(f"\npyinfra exited with {rc} (non-zero is expected: gpu-h100 fails preflight)."
+              "\nSIMULATED fleet: the GPUs, the Hub and the serving image above were test doubles.")
+        if keep:
+            print(f"--keep: fleet left up; inventory {inventory}; "
+                  f"tear down with: python -m testbed down --workdir {fleet.workdir}")
+        return rc
+    finally:
+        hub.stop()
+        if not keep:
+            fleet.teardown()
+            print("Simulated fleet torn down.")
+
+
+def make_checkpoint_dir(path: Path) -> Path:
+    make_checkpoint(path, shards=3, shard_bytes=2 * 2**20)
+    return path
