@@ -124,7 +124,7 @@ def probe_command(timeout_s: int = PROBE_TIMEOUT_S) -> str:
         "  exit 0",
         "fi",
         f"t=; command -v timeout >/dev/null 2>&1 && t='timeout -k 5 {timeout_s}'",
-        "$t python3 - 2>&1",  # stderr joins stdout: a traceback reaches the parser
+        "$t python3 -S - 2>&1",  # -S: stdlib only, no site scan; stderr joins stdout for the parser
         "rc=$?",
         'if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then',
         f"  echo {q(timed_out)}",

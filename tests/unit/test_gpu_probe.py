@@ -325,7 +325,7 @@ def test_fact_default_and_process():
     line = json.dumps({"ok": True, "error": None, "count": 0, "gpus": []})
     assert fact.process(["noise", line])["ok"] is True
     command = fact.command()
-    assert "python3 -" in command and "GLMFLEET_NVIDIA_VERSION_FILE" not in command
+    assert "python3 -S -" in command and "GLMFLEET_NVIDIA_VERSION_FILE" not in command
 
 
 def test_requirements_come_from_settings(probe, settings):
