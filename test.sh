@@ -6,8 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-bash testbed/setup.sh
-
 venv=.venv
 want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/pytest" ] || [ "$(cat "$venv/.dev-requirements.sha256" 2>/dev/null)" != "$want" ]; then
@@ -18,5 +16,7 @@ if [ ! -x "$venv/bin/pytest" ] || [ "$(cat "$venv/.dev-requirements.sha256" 2>/d
     # requirements.txt changed too: let deploy.sh see the venv as current.
     sha256sum requirements.txt | cut -d' ' -f1 >"$venv/.requirements.sha256"
 fi
+
+bash testbed/setup.sh
 
 exec "$venv/bin/python" -m pytest "$@"

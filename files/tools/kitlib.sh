@@ -1,0 +1,74 @@
+# shellcheck shell=bash
+# Helpers shared by launch.sh and monitor.sh (sourced, with KIT_DIR set to the kit folder).
+
+# The compose command as an array, set by kit_compose and used by the sourcing scripts.
+# shellcheck disable=SC2034
+COMPOSE=()
+
+# kit_dotenv KEY: print KEY's value from .env (the last assignment wins); status 1 if absent.
+# Reads what the renderer writes: KEY=value, KEY='value', KEY="value", comments, blank lines.
+kit_dotenv() {
+    local key=$1 line value="" found=1
+    [[ -f $KIT_DIR/.env ]] || return 1
+    while IFS= read -r line || [[ -n $line ]]; do
+        line=${line%$'\r'}
+        line=${line#"${line%%[![:space:]]*}"}
+        line=${line#export }
+        [[ $line == "$key="* ]] || continue
+        value=${line#*=}
+        found=0
+    done <"$KIT_DIR/.env"
+    ((found == 0)) || return 1
+    case $value in
+        \'*\' | \"*\") value=${value:1:${#value}-2} ;;
+        *)
+            value=${value%%[[:space:]]#*}
+            value=${value%"${value##*[![:space:]]}"}
+            ;;
+    esac
+    printf '%s' "$value"
+}
+
+# kit_dotenv_keys: every variable name assigned in .env.
+kit_dotenv_keys() {
+    [[ -f $KIT_DIR/.env ]] || return 0
+    sed -n 's/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=.*/\2/p' "$KIT_DIR/.env"
+}
+
+# kit_compose: set the COMPOSE array to the compose command of this host. COMPOSE_CMD
+# overrides it (e.g. a test double). Probed by version output, not exit status:
+# docker-compose 1.29 exits 0 even on options it does not know.
+kit_compose() {
+    local out
+    if [[ -n ${COMPOSE_CMD:-} ]]; then
+        read -ra COMPOSE <<<"$COMPOSE_CMD"
+        return 0
+    fi
+    out=$(docker compose version 2>/dev/null || true)
+    if [[ $out =~ [Cc]ompose\ version\ v?[0-9]+\. ]]; then
+        COMPOSE=(docker compose)
+        return 0
+    fi
+    out=$(docker-compose version --short 2>/dev/null || true)
+    if [[ $out =~ ^v?[0-9]+\.[0-9]+ ]]; then
+        COMPOSE=(docker-compose)
+        return 0
+    fi
+    echo "neither 'docker compose' (v2 plugin) nor 'docker-compose' is installed" >&2
+    return 1
+}
+
+# kit_mask: copy stdin to stdout with the API key (if any) replaced by ****.
+kit_mask() {
+    local key line
+    key=$(kit_dotenv API_KEY || true)
+    while IFS= read -r line || [[ -n $line ]]; do
+        [[ -n $key ]] && line=${line//"$key"/****}
+        printf '%s\n' "$line"
+    done
+}
+
+# kit_py ARGS...: run the kit's stdlib HTTP client (tools/oai_client.py).
+kit_py() {
+    python3 "$KIT_DIR/tools/oai_client.py" "$@"
+}

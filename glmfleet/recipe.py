@@ -1,0 +1,209 @@
+"""The box kit: every file that lands on one GPU server, rendered from Settings (pure).
+
+`render_kit(settings, pattern)` returns {relative path: (content, mode)} for the deploy to
+place under `settings.service_dir` and for the tests to run. Templates and scripts live in
+`files/`; only the compose file and the .env are rendered, the scripts are copied as they are
+and read their values from the .env at run time, so an operator can edit the .env by hand
+exactly as the recipe says (`DCP_SIZE=1`, `MAX_MODEL_LEN=131072`, `ENABLE_THINKING=0 ./launch.sh`).
+
+By hand, without pyinfra: `python -m glmfleet.recipe OUT_DIR [key=value ...]` renders the kit
+from group_data/all.py (plus overrides) into OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import jinja2
+
+from glmfleet.index_pattern import check_pattern
+from glmfleet.settings import REPO_ROOT, Settings
+
+FILES_DIR = REPO_ROOT / "files"
+
+SECRET_MODE = 0o600  # files that may hold the API key
+# Copied verbatim from files/ (kit path -> mode).
+STATIC_FILES: dict[str, int] = {
+    "serve.sh": 0o755,  # runs inside the container (mounted read-only at /recipe)
+    "launch.sh": 0o755,
+    "chat.sh": 0o755,
+    "monitor.sh": 0o755,
+    "README.md": 0o644,
+    "tools/kitlib.sh": 0o644,
+    "tools/oai_client.py": 0o644,
+    "tools/logtap.py": 0o644,
+    "test/harnesslib.py": 0o644,
+    "test/coherence_test.py": 0o755,
+    "test/longctx_multiturn_test.py": 0o755,
+}
+# The files the running container depends on. `compose up -d` recreates the container by itself
+# when the compose file or the .env values it interpolates change, but not when serve.sh (a
+# mounted file) does; runtime_fingerprint() says precisely when a restart is due.
+RESTART_ON_CHANGE = ("docker-compose.yml", ".env", "serve.sh")
+
+# .env values that need no quoting in any of: compose v2, docker-compose 1.29 (python-dotenv),
+# the kit's own bash reader. Anything else is single-quoted (literal in all three) when it can be.
+_DOTENV_PLAIN = re.compile(r"[A-Za-z0-9_./:@%+,=^~-]*")
+_PATH_SAFE = re.compile(r"/[A-Za-z0-9_./+@%,=~-]*")  # a compose short-syntax volume source
+_NAME_SAFE = re.compile(r"[A-Za-z0-9._/-]+")
+
+
+class KitError(ValueError):
+    """A setting the kit cannot carry safely (names the setting and what is allowed)."""
+
+
+def _dotenv_value(key: str, value: str) -> str:
+    if _DOTENV_PLAIN.fullmatch(value):
+        return value
+    if "'" in value or "\\" in value or "\n" in value:
+        setting = " (setting api_key)" if key == "API_KEY" else ""
+        raise KitError(f"{key}{setting}: a value with a single quote, backslash or newline cannot be "
+                       "written to .env the same way for docker compose v2 and docker-compose 1.29")
+    return f"'{value}'"
+
+
+def _flag(on: bool) -> str:
+    return "1" if on else "0"
+
+
+def env_values(settings: Settings, pattern: str) -> dict[str, str]:
+    """The .env variables (unquoted values, in file order): what the container and scripts read."""
+    if not _PATH_SAFE.fullmatch(settings.weights_dir):
+        raise KitError(f"weights_dir = {settings.weights_dir!r}: the compose volume needs a path "
+                       "of letters, digits and _ . / + @ % , = ~ - (no spaces or ':')")
+    for name in settings.served_names:
+        if not _NAME_SAFE.fullmatch(name):
+            raise KitError(f"served model name {name!r}: use letters, digits, . _ / - only")
+    problem = check_pattern(pattern, len(pattern or ""))
+    if problem:
+        raise KitError(f"index_topk_pattern: expected {problem}")
+    return {
+        "COMPOSE_PROJECT_NAME": settings.service_name,
+        "MODEL_PATH": settings.weights_dir,
+        "BIND_HOST": settings.bind_address,
+        "PORT": str(settings.port),
+        "API_KEY": settings.api_key or "",
+        "SERVED_MODEL_NAMES": ",".join(settings.served_names),
+        "ENABLE_THINKING": _flag(settings.enable_thinking),
+        "TP": str(settings.tensor_parallel_size),
+        "DCP_SIZE": str(settings.decode_context_parallel_size),
+        "MAX_MODEL_LEN": str(settings.max_model_len),
+        "MAX_NUM_SEQS": str(settings.max_num_seqs),
+        "MAX_NUM_BATCHED_TOKENS": str(settings.max_num_batched_tokens),
+        "GPU_MEMORY_UTILIZATION": f"{settings.gpu_memory_utilization:g}",
+        "ENABLE_MTP": _flag(settings.mtp_enabled),
+        "NUM_SPECULATIVE_TOKENS": str(settings.num_speculative_tokens),
+        "INDEX_TOPK_PATTERN": pattern,
+        "READY_TIMEOUT": str(settings.ready_timeout_s),
+        "SMOKE_TIMEOUT": str(settings.smoke_timeout_s),
+    }
+
+
+def compose_values(settings: Settings) -> dict[str, str]:
+    """What the compose template takes from Settings (the rest comes from .env at run time)."""
+    return {
+        "service_name": settings.service_name,
+        "image": settings.image,
+        "shm_size": settings.shm_size,
+        "omp_num_threads": str(settings.omp_num_threads),
+        "cuda_visible_devices": ",".join(str(i) for i in range(settings.gpu_count)),
+    }
+
+
+def _jinja() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(FILES_DIR)), autoescape=False,
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def render_kit(settings: Settings, pattern: str) -> dict[str, tuple[str, int]]:
+    """Every file of the box kit: {path relative to service_dir: (content, mode)}."""
+    env = env_values(settings, pattern)
+    quoted = {k: _dotenv_value(k, v) for k, v in env.items()}
+    jenv = _jinja()
+    dotenv = jenv.get_template("env.j2")
+    files = {
+        "docker-compose.yml": (jenv.get_template("docker-compose.yml.j2").render(**compose_values(settings)),
+                               0o644),
+        ".env": (dotenv.render(env=quoted, example=False), SECRET_MODE),
+        # The same settings without the secret: `cp .env.example .env` gives this box's config.
+        ".env.example": (dotenv.render(env={**quoted, "API_KEY": ""}, example=True), 0o644),
+    }
+    for path, mode in STATIC_FILES.items():
+        files[path] = ((FILES_DIR / path).read_text(), mode)
+    return files
+
+
+def runtime_fingerprint(files: Mapping[str, tuple[str, int]]) -> str:
+    """sha256 of what the running container depends on: the compose file, serve.sh and the .env
+    values the compose file uses. A change here needs a restart; a change elsewhere in the kit
+    (launch.sh's timeouts, comments, the harnesses) does not."""
+    compose = files["docker-compose.yml"][0]
+    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", compose)) | {"COMPOSE_PROJECT_NAME"}
+    values = {}
+    for line in files[".env"][0].splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in used:
+            values[key] = value
+    digest = hashlib.sha256()
+    for part in (compose, files["serve.sh"][0], json.dumps(values, sort_keys=True)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def write_kit(root: str | os.PathLike, files: Mapping[str, tuple[str, int]]) -> None:
+    """Write a rendered kit under root: each file via a temp name + rename, mode set before."""
+    root = Path(root)
+    for rel, (content, mode) in files.items():
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "w") as f:
+                f.write(content)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def main(argv: list[str]) -> int:
+    from glmfleet.index_pattern import derive
+    from glmfleet.settings import SettingsError, load_defaults, validate
+
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m glmfleet.recipe OUT_DIR [key=value ...]", file=sys.stderr)
+        return 2
+    data = load_defaults()
+    for item in argv[1:]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"not key=value: {item!r}", file=sys.stderr)
+            return 2
+        data[key] = value
+    # The kit never uses the pinned revision (weights are the deploy's job); settings want one.
+    if data.get("model_revision") is None and not data.get("preflight_only"):
+        data["model_revision"] = "0" * 40
+    try:
+        settings = validate("local", data)
+        config_path = Path(settings.weights_dir) / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else None
+        pattern, _ = derive(config, settings.index_topk_pattern)
+        write_kit(argv[0], render_kit(settings, pattern))
+    except (SettingsError, KitError, ValueError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"kit written to {argv[0]} (then: cd {argv[0]} && ./launch.sh)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
