@@ -63,6 +63,7 @@ def preflight_fleet(fleet, hub, pyinfra_cli, tmp_path_factory):
     report_path = work / "report.json"
     rc, out, err = run_pyinfra(pyinfra_cli, inventory, "deploy.py", "--data",
                                "preflight_only=true", "--data", f"preflight_report={report_path}")
+    assert report_path.exists(), f"pyinfra wrote no report (exit {rc}):\n{err[-4000:]}"
     yield {"rc": rc, "out": out, "err": err, "report": json.loads(report_path.read_text()),
            "inventory": inventory, "work": work}
     for name in names:
