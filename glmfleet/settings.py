@@ -70,6 +70,30 @@ class Settings:
     rollout_batch_size: int
     ready_timeout_s: int
     smoke_timeout_s: int
+    # Docker and NVIDIA Container Toolkit
+    docker_packages: str
+    docker_version: str | None
+    docker_remove_conflicts: bool
+    docker_repo_url: str | None
+    docker_key_url: str | None
+    docker_key_fingerprint: str
+    nvidia_repo_url: str
+    nvidia_key_url: str
+    nvidia_key_fingerprint: str
+    nvidia_toolkit_version: str | None
+    nvidia_cdi: str
+    apt_proxy: str | None
+    docker_log_max_size: str
+    docker_log_max_file: int
+    gpu_check_image: str | None
+    # Weights
+    weights_tool_dir: str
+    weights_parallel_downloads: int
+    weights_rehash: bool
+    weights_fanout: bool
+    weights_xet_wheel: str | None
+    weights_progress_interval_s: int
+    weights_wait_timeout_s: int
 
     @property
     def cudagraph_capture_size(self) -> int:
@@ -152,8 +176,9 @@ def _optional(inner):
 
 
 def _abs_path(v: Any) -> str:
-    if not isinstance(v, str) or not v.startswith("/") or "\x00" in v or v.rstrip("/") == "":
-        raise ValueError("an absolute path such as /mnt/llm_models/GLM (not /)")
+    # No whitespace or ':' either: the path lands in a compose volume line (src:dst:ro).
+    if (not isinstance(v, str) or not re.fullmatch(r"/[^\s:\x00]*", v) or v.rstrip("/") == ""):
+        raise ValueError("an absolute path without spaces or ':', such as /mnt/llm_models/GLM (not /)")
     return v.rstrip("/")
 
 
@@ -185,7 +210,20 @@ def _pattern(v: Any) -> str:
     return v
 
 
+_URL = r"https?://\S+"
+_APT_VERSION = r"[0-9][0-9A-Za-z.+~:-]*"
+
+
+def _fingerprint(v: Any) -> str:
+    """An OpenPGP fingerprint: 40 hex digits, spaces allowed (as gpg prints them)."""
+    fpr = re.sub(r"\s+", "", v).upper() if isinstance(v, str) else ""
+    if not re.fullmatch(r"[0-9A-F]{40}", fpr):
+        raise ValueError("a 40-hex-digit OpenPGP key fingerprint (spaces allowed)")
+    return fpr
+
+
 _HOSTNAME = r"[A-Za-z0-9.:-]+"
+_API_KEY = r"[!#-&(-\[\]-~]{8,}"  # printable ASCII less space, quotes and backslash
 PARSERS = {
     "preflight_only": _bool,
     "preflight_report": lambda v: "" if v in (None, "") else _str()(v),
@@ -200,9 +238,11 @@ PARSERS = {
     "service_name": _str(r"[a-z0-9][a-z0-9_-]*", "lowercase letters, digits, - and _"),
     "port": _int(1, 65535),
     "bind_address": _str(r"(\d{1,3}\.){3}\d{1,3}|::|::1|" + _HOSTNAME, "an IP address such as 0.0.0.0 or 127.0.0.1"),
-    "api_key": _optional(_str(r"[\x21-\x7e]{8,}", "at least 8 printable characters, no spaces")),
+    # No quotes or backslashes: .env must read the same under compose v1 and v2.
+    "api_key": _optional(_str(_API_KEY, "at least 8 printable characters without spaces, quotes or backslashes")),
     "served_model_name": _str(r"[A-Za-z0-9._/-]+", "letters, digits, . _ / -"),
-    "served_model_aliases": _str_list,
+    "served_model_aliases": lambda v: tuple(_str(r"[A-Za-z0-9._/-]+", "letters, digits, . _ / -")(x)
+                                            for x in _str_list(v)),
     "enable_thinking": _bool,
     "shm_size": _str(r"\d+[kmg]?b?", 'a size such as "32gb"'),
     "omp_num_threads": _int(1, 1024),
@@ -225,6 +265,28 @@ PARSERS = {
     "rollout_batch_size": _int(1, 1000),
     "ready_timeout_s": _int(10, 86_400),
     "smoke_timeout_s": _int(5, 3600),
+    "docker_packages": _choice("docker-ce", "distro"),
+    "docker_version": _optional(_str(_APT_VERSION, "an apt version string, e.g. 5:28.5.2-1~ubuntu.24.04~noble")),
+    "docker_remove_conflicts": _bool,
+    "docker_repo_url": _optional(_str(_URL, "an http(s):// URL")),
+    "docker_key_url": _optional(_str(_URL, "an http(s):// URL")),
+    "docker_key_fingerprint": _fingerprint,
+    "nvidia_repo_url": _str(_URL, "an http(s):// URL (may contain $(ARCH))"),
+    "nvidia_key_url": _str(_URL, "an http(s):// URL"),
+    "nvidia_key_fingerprint": _fingerprint,
+    "nvidia_toolkit_version": _optional(_str(_APT_VERSION, "an apt version string, e.g. 1.17.8-1")),
+    "nvidia_cdi": _choice("auto", "on", "off"),
+    "apt_proxy": _optional(_str(_URL, "an http(s):// proxy URL, e.g. http://proxy.example:3142")),
+    "docker_log_max_size": _str(r"[1-9]\d*[kmg]", 'a size such as "100m" (k, m or g)'),
+    "docker_log_max_file": _int(1, 100),
+    "gpu_check_image": _optional(_str(r"[a-z0-9][a-z0-9._/:@-]*", "a docker image reference (repo:tag)")),
+    "weights_tool_dir": _abs_path,
+    "weights_parallel_downloads": _int(1, 64),
+    "weights_rehash": _bool,
+    "weights_fanout": _bool,
+    "weights_xet_wheel": _optional(_str(r"\S*hf_xet-[^/\s]+\.whl", "a controller path to an hf_xet-<version>-<tags>.whl")),
+    "weights_progress_interval_s": _int(1, 3600),
+    "weights_wait_timeout_s": _int(0, 30 * 86_400),
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Settings)}
 
@@ -236,7 +298,15 @@ def load_defaults(path: Path = DEFAULTS_FILE) -> dict[str, Any]:
     return {k: v for k, v in scope.items() if not k.startswith("__")}
 
 
+# The only docker_* host data keys pyinfra's docker/dockerssh connectors use; any other
+# docker_* key is ours (the Docker settings), so a typo in one is still reported.
+PYINFRA_DOCKER_KEYS = frozenset({"docker_identifier", "docker_platform", "docker_architecture",
+                                 "docker_image", "docker_container_id"})
+
+
 def _is_ours(key: str) -> bool:
+    if key.startswith("docker_") and key not in PYINFRA_DOCKER_KEYS:
+        return True
     return not key.startswith(FOREIGN_KEY_PREFIXES)
 
 

@@ -52,3 +52,29 @@ supported_os = ["ubuntu 22.04", "ubuntu 24.04", "debian 12"]  # "<id> <version>"
 rollout_batch_size = 2  # hosts changed at once after the canary
 ready_timeout_s = 1800  # wait for the API to answer (first boot compiles kernels, ~6 min)
 smoke_timeout_s = 300  # one smoke-test chat completion
+
+# --- Docker and NVIDIA Container Toolkit ------------------------------------------------------
+docker_packages = "docker-ce"  # "docker-ce": Docker's apt repo; "distro": the distribution's docker.io + its compose
+docker_version = None  # pin docker-ce + docker-ce-cli (distro: docker.io) to this apt version; None = newest
+docker_remove_conflicts = False  # remove packages in the way (docker.io, podman-docker, ...); False = FAIL the host
+docker_repo_url = None  # Docker apt repo or mirror; None = https://download.docker.com/linux/<ubuntu or debian>
+docker_key_url = None  # Docker's signing key; None = <docker_repo_url>/gpg
+docker_key_fingerprint = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"  # pinned: a downloaded key must match
+nvidia_repo_url = "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)"  # toolkit repo or mirror
+nvidia_key_url = "https://nvidia.github.io/libnvidia-container/gpgkey"  # NVIDIA's signing key
+nvidia_key_fingerprint = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"  # pinned: a downloaded key must match
+nvidia_toolkit_version = None  # pin all four toolkit packages, e.g. "1.17.8-1"; None = newest
+nvidia_cdi = "auto"  # CDI spec: "auto" = toolkit >= 1.18 and an NVIDIA driver present; "on"; "off"
+apt_proxy = None  # proxy for all apt traffic on the hosts, e.g. "http://proxy:3142"; None = apt as it is
+docker_log_max_size = "100m"  # container log rotation added to daemon.json (operator's own values win)
+docker_log_max_file = 3  # rotated container log files kept
+gpu_check_image = "ubuntu:24.04"  # image for the `docker run --gpus all ... nvidia-smi -L` check; None = skip
+
+# --- Weights --------------------------------------------------------------------------------
+weights_tool_dir = "/opt/glmfleet"  # host dir for weights.py (bin/), its shipped Python packages (pylib/) and the HF token while a download starts (secrets/, 0700)
+weights_parallel_downloads = 8  # files one host fetches at once
+weights_rehash = False  # true: read and hash every byte again on this run (finds bit rot); false: an unchanged file costs one stat
+weights_fanout = False  # true: one host fetches from the Hub, the others copy its verified files over SSH through the controller and verify them
+weights_xet_wheel = None  # controller path to an hf_xet wheel built for the hosts; None = plain HTTP(S) downloads (HF_HUB_DISABLE_XET=1)
+weights_progress_interval_s = 30  # seconds between progress lines (bytes, rate, ETA) per host while a download runs
+weights_wait_timeout_s = 0  # stop waiting after this many seconds (the download goes on detached; a re-run attaches); 0 = until done

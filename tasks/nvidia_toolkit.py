@@ -1,12 +1,47 @@
-"""Stage 'nvidia_toolkit': not implemented yet.
+"""Stage 'nvidia_toolkit': NVIDIA Container Toolkit wired into Docker.
 
-Reported as NOT IMPLEMENTED in the fleet summary (and loudly in the log) so a run never
-looks like it did work it did not do.
+NVIDIA's flat apt repository (suite "/"), its key checked against nvidia_key_fingerprint
+before it is trusted; the four toolkit packages (all pinned together when
+nvidia_toolkit_version is set); `nvidia-ctk runtime configure --runtime=docker`; a CDI spec
+where cdi_decision wants one; dockerd restarted once if any of that changed what it runs
+(its GPU support is registered at start). Then a throwaway `docker run --gpus all` must
+list the GPUs preflight found; where that cannot run (no driver, no image) the summary
+says WARN with the reason.
 """
 
-from pyinfra import host, logger
+from pyinfra import host
 
+from glmfleet import docker_plan as plan
 from glmfleet import runctx
+from glmfleet.facts.docker import DockerHostFacts
+from glmfleet.ops import docker as ops
 
-logger.warning(f"{host.name}: stage 'nvidia_toolkit' is not implemented yet: skipped, nothing changed")
-runctx.record(host.name, "nvidia_toolkit", "NOT IMPLEMENTED", "stage not built yet")
+STAGE = "nvidia_toolkit"
+
+
+def run() -> None:
+    s = runctx.settings()
+    docker_result = runctx.run_for(host.state).stages.get(host.name, {}).get("docker")
+    if docker_result and docker_result[0] == "FAIL":
+        runctx.record(host.name, STAGE, "FAIL", "not attempted: the docker stage failed on this host")
+        return
+    try:
+        host_os = plan.HostOs.from_facts(host.get_fact(DockerHostFacts))
+    except plan.PlanError as e:
+        ops.plan_fail(STAGE, str(e), name="Toolkit: host check")
+        return
+
+    repo = plan.nvidia_repo(host_os, s)
+    # already there after a docker-ce docker stage; the distro flavour did not need them yet
+    ops.apt_install(list(plan.PREREQUISITE_PACKAGES), name="apt: gpg and CA certificates")
+    ops.trusted_key(repo, STAGE, name="Toolkit: signing key (fingerprint checked)")
+    ops.file_absent(repo.legacy_list_path, name="Toolkit: no one-line .list beside the .sources")
+    ops.file_content(repo.sources_path, repo.deb822(), name="Toolkit: apt source")
+    ops.apt_install(plan.toolkit_packages(s), name="Toolkit: install")
+    ops.nvidia_runtime(STAGE, name="Toolkit: nvidia-ctk runtime configure --runtime=docker")
+    ops.cdi_spec(s.nvidia_cdi, STAGE, name="Toolkit: CDI spec")
+    ops.docker_service(name="Toolkit: dockerd running the current config")
+    ops.verify_toolkit(s.gpu_check_image, s.nvidia_cdi, STAGE, name="Toolkit: verify (GPU container check)")
+
+
+run()

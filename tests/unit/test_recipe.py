@@ -8,6 +8,7 @@ interpolated into the compose file's environment), for thinking on/off, MTP on/o
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -22,7 +23,7 @@ import yaml
 from glmfleet.index_pattern import DEFAULT_PATTERN, derive
 from glmfleet.recipe import (RESTART_ON_CHANGE, STATIC_FILES, KitError, env_values, main as recipe_main,
                              render_kit, runtime_fingerprint, write_kit)
-from glmfleet.settings import load_defaults, validate
+from glmfleet.settings import SettingsError, load_defaults, validate
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = ("voipmonitor/vllm:black-benediction-b12xpr11-vllmbb6c5b7-b12xd90d89c-fi3395b41aa8d-"
@@ -201,8 +202,15 @@ def test_dotenv_holds_exactly_the_rendered_values(tmp_path):
     ({"served_model_aliases": ["ok", "not ok"]}, "served model name"),
 ])
 def test_values_the_kit_cannot_carry_are_refused(overrides, problem):
+    # Settings validation refuses these first; the kit refuses them again for Settings
+    # built any other way (defence in depth).
+    with pytest.raises(SettingsError):
+        settings(**overrides)
+    if "served_model_aliases" in overrides:
+        overrides = {"served_model_aliases": tuple(overrides["served_model_aliases"])}
+    unchecked = dataclasses.replace(settings(), **overrides)
     with pytest.raises(KitError, match=problem):
-        kit(**overrides)
+        render_kit(unchecked, derive(None, None)[0])
 
 
 def test_bad_pattern_is_refused():

@@ -123,3 +123,14 @@ def test_readme_settings_table_is_current():
     assert refreshed(readme) == readme, "run: python -m glmfleet.settings_doc --write"
     for key in PARSERS:
         assert f"| `{key}` |" in readme
+
+
+@pytest.mark.parametrize("key,value", [
+    ("weights_dir", "/mnt/my models"), ("weights_dir", "/mnt/a:b"),
+    ("api_key", "it's-a-secret"), ("api_key", 'quo"ted-key'), ("api_key", "back\\slash-key"),
+    ("api_key", "short"), ("served_model_aliases", ["fine", "not fine"]),
+])
+def test_values_the_kit_cannot_carry_are_refused(data, key, value):
+    data[key] = value
+    (msg,) = problems(data)
+    assert f"setting '{key}'" in msg
