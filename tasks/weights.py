@@ -1,12 +1,41 @@
-"""Stage 'weights': not implemented yet.
+"""Stage 'weights': the checkpoint on every host, verified against the Hub's hashes.
 
-Reported as NOT IMPLEMENTED in the fleet summary (and loudly in the log) so a run never
-looks like it did work it did not do.
+Host side: glmfleet/hostside/weights.py (verify / download / status; detached jobs with a
+lock, a state file and a log). Controller side: glmfleet/ops/weights.py. On the host:
+
+    <weights_tool_dir>/bin/weights.py        the host-side script
+    <weights_tool_dir>/pylib/<digest>/       huggingface_hub & co. shipped from the controller
+                                              (glmfleet/hostbundle.py), used via PYTHONPATH
+    <weights_tool_dir>/secrets/hf-token      the HF token, 0600 in a 0700 dir, only while a
+                                              download starts
+    <weights_dir>/.glmfleet/manifest.json    the Hub's file list at model_revision
+    <weights_dir>/.glmfleet/{VERIFIED,verify.json,state.json,hash-cache.json,weights.log}
+
+A re-run on intact weights is a stat per file and no change; a running download is attached
+to; a killed one resumes with the files it had finished. weights_fanout: one host per
+checkpoint fetches from the Hub, the others get copies over SSH and hash every file.
 """
 
-from pyinfra import host, logger
+from pyinfra import state
 
 from glmfleet import runctx
+from glmfleet.ops import weights as ops
 
-logger.warning(f"{host.name}: stage 'weights' is not implemented yet: skipped, nothing changed")
-runctx.record(host.name, "weights", "NOT IMPLEMENTED", "stage not built yet")
+
+def run() -> None:
+    s = runctx.settings()
+    manifest, error = runctx.manifest(state, s)
+    if manifest is None:
+        reason = str(error) if error else "model_revision is not set: nothing to download"
+        ops.fail(f"no manifest for {s.model_repo}@{s.model_revision}: {reason}",
+                 name="Weights: manifest")
+        return
+    ops.tool_and_manifest(s, manifest, name="Weights: weights.py and the manifest")
+    ops.check_and_packages(s, manifest, name="Weights: stat-only check (+ Python packages if needed)")
+    ops.fetch(s, manifest, name="Weights: download and verify (detached on the host)")
+    if s.weights_fanout:
+        ops.fanout_push(s, manifest, name="Weights: fan-out: copy from the verified host")
+        ops.fanout_receive(s, manifest, name="Weights: fan-out: verify the copies")
+
+
+run()

@@ -1,0 +1,597 @@
+"""pyinfra side of stage 'weights': one fact, five operations, and the long-running steps.
+
+The work itself is glmfleet/hostside/weights.py, run ON the host as a detached job (lock,
+state.json, log), so a 313 GB download survives the SSH session and the controller. Here we:
+
+1. put weights.py and the manifest on the host (idempotent by sha256);
+2. look at the host with one read-only command (WeightsHostState: a stat-only check against
+   the hash cache; it starts nothing, so --dry is safe) and, when a download may be needed,
+   install the Python packages it needs from the controller (glmfleet/hostbundle.py);
+3. start `download --detach` (or attach to a job already running: exit 3 / the fact says
+   so) and poll `status --wait N` until it ends, logging bytes, rate and ETA per host;
+4. with weights_fanout, only one host (the seed) fetches from the Hub; the first verified
+   host (the source) then copies what each receiver lacks over SSH through the controller,
+   reading every file once for all receivers, and each receiver hashes every copied file
+   (`verify`), falling back to the Hub for anything that does not match. Why through the
+   controller: it is the one path that exists wherever pyinfra works (SSH to every host);
+   hosts may not reach each other (the simulated fleet's hosts cannot). The price: the LAN
+   bytes cross the controller's link once per receiver. The ordering relies on pyinfra's
+   default of finishing each operation on every host before the next (with --serial or
+   --no-wait the result is still verified weights, but receivers may go to the Hub).
+
+Decisions are pure functions in glmfleet.weights_plan. Operations decide at execution time
+from live facts (pyinfra 3 runs an operation's body again when it executes); the long
+steps are FunctionCommands (state, host) that return False after recording a FAIL with the
+reason, so pyinfra drops the host and the fleet summary says why.
+
+The HF token: read on the controller (runctx.hf_token) inside the step that starts a
+download, written through stdin to a 0600 file in a 0700 dir outside the weights dir, named
+to the job with --token-file, and deleted as soon as the job has read it (before it
+detaches). Never in a command line, an operation argument, a fact, a diff or a log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import shlex
+import time
+from pathlib import Path
+
+import gevent
+from pyinfra import host, logger
+from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringCommand, operation
+from pyinfra.api.exceptions import PyinfraError
+
+from glmfleet import hostbundle, runctx
+from glmfleet import weights_plan as plan
+from glmfleet.hostside.weights import EXIT_BUSY, EXIT_OK, human_bytes
+from glmfleet.manifest import dumps as manifest_text
+
+STAGE = "weights"
+SCRIPT = Path(__file__).resolve().parent.parent / "hostside" / "weights.py"
+q = shlex.quote
+
+# ---- the fact --------------------------------------------------------------------------------
+
+class WeightsHostState(FactBase):
+    """What the weights stage needs to know about a host, in one read-only command
+    (weights_plan.look_command: hashes of our files, the job's status, a stat-only check)."""
+
+    def command(self, tool_dir: str, weights_dir: str) -> str:
+        return plan.look_command(tool_dir, weights_dir)
+
+    @staticmethod
+    def default() -> dict:
+        return {"python": None, "error": "the weights look printed nothing"}
+
+    def process(self, output: list[str]) -> dict:
+        return plan.parse_look(output)
+
+
+def _look(s) -> dict:
+    return host.get_fact(WeightsHostState, tool_dir=s.weights_tool_dir, weights_dir=s.weights_dir)
+
+
+# ---- per-run registry (fan-out coordination) ------------------------------------------------
+
+class _Run:
+    def __init__(self, state):
+        self.state = state
+        self.ok_paths: dict[str, set] = {}       # host -> paths it holds verified
+        self.running: set[str] = set()           # hosts with a job running at check time
+        self.verified: set[str] = set()          # hosts verified during this run
+        self.pushed: dict[str, int] = {}         # receiver -> bytes copied to it
+        self.push_source: dict[str, str] = {}    # receiver -> the host it was copied from
+
+
+_RUNS: dict[int, _Run] = {}
+
+
+def _run(state) -> _Run:
+    r = _RUNS.get(id(state))
+    if r is None or r.state is not state:
+        r = _RUNS[id(state)] = _Run(state)
+    return r
+
+
+def _group(state, s) -> list[str]:
+    """Active fan-out hosts deploying the same checkpoint, in inventory order."""
+    out = []
+    active = set(state.active_hosts)
+    for h in state.inventory:  # inventory order: every host picks the same seed and source
+        if h not in active:
+            continue
+        hs = runctx.settings(state, h)
+        if hs.weights_fanout and (hs.model_repo, hs.model_revision) == (s.model_repo, s.model_revision):
+            out.append(h.name)
+    return out
+
+
+# ---- small helpers ---------------------------------------------------------------------------
+
+def _executing() -> bool:
+    return bool(host.state.is_executing)
+
+
+def _log(h, message: str) -> None:
+    h.log(f"weights: {message}", log_func=logger.info)
+
+
+def _finish(state, h, status: str, detail: str) -> bool:
+    runctx.record(h.name, STAGE, status, detail, state)
+    runctx.echo(f"[{h.name}] {STAGE}: {status}: {detail}")
+    return status != "FAIL"
+
+
+def _sh(state, h, command: str, stdin: str | None = None, timeout: float | None = None,
+        quiet: bool = False):
+    """(ok, stdout lines, stderr text) of one command on host h."""
+    kwargs = {}
+    if stdin is not None:
+        kwargs["_stdin"] = stdin
+    if timeout:
+        kwargs["_timeout"] = timeout
+    ok, out = h.run_shell_command(StringCommand(command), print_input=state.print_input,
+                                  print_output=state.print_output and not quiet, **kwargs)
+    return ok, out.stdout_lines, out.stderr
+
+
+def _atomic_upload(path: str, data: bytes, mode: str):
+    directory, base = posixpath.split(path)
+    tmp = f"{directory}/.{base}.glmfleet-tmp"
+    yield StringCommand(f"mkdir -p {q(directory)}")
+    yield FileUploadCommand(io.BytesIO(data), tmp)
+    yield StringCommand(f"chmod {mode} {q(tmp)} && mv -f {q(tmp)} {q(path)}")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@operation()
+def fail(message: str):
+    """A FAIL known while planning (e.g. no manifest): recorded, then the host is dropped."""
+    if _executing():
+        runctx.record(host.name, STAGE, "FAIL", message)
+    yield StringCommand(f"echo {q('glmfleet: ' + message)} >&2; exit 1")
+
+
+# ---- 1. weights.py and the manifest ---------------------------------------------------------
+
+@operation()
+def tool_and_manifest(s, manifest: dict):
+    paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
+    look = _look(s)
+    script = SCRIPT.read_bytes()
+    text = manifest_text(manifest).encode()
+    changed = False
+    if look.get("tool_sha256") != _sha(script):
+        changed = True
+        yield from _atomic_upload(paths.script, script, "755")
+    if look.get("manifest_sha256") != _sha(text):
+        changed = True
+        # Safe while a job runs: a job reads its manifest once, when it starts.
+        yield from _atomic_upload(paths.manifest, text, "644")
+    if look.get("token_file"):
+        # Left by a run that lost its connection while starting a download: no job needs it.
+        changed = True
+        yield StringCommand(plan.token_remove_command(paths))
+    if not changed:
+        host.noop("weights.py and the manifest are up to date")
+
+
+# ---- 2. the stat-only check, and the Python packages when a download may be needed -------
+
+def _needs_work(s, look: dict, manifest: dict) -> tuple[bool, str]:
+    ok, why = plan.quick_verdict(look, manifest["revision"], _sha(manifest_text(manifest).encode()))
+    if ok and s.weights_rehash:
+        return True, "weights_rehash is set: every byte is hashed again"
+    return not ok, why
+
+
+@operation()
+def check_and_packages(s, manifest: dict):
+    look = _look(s)
+    needs, why = _needs_work(s, look, manifest)
+    if _executing():
+        r = _run(host.state)
+        r.ok_paths[host.name] = set((look.get("check") or {}).get("ok_paths") or [])
+        if plan.job_running(look):
+            r.running.add(host.name)
+        elif not needs:
+            r.verified.add(host.name)
+    if not needs:
+        host.noop(why)
+        return
+    try:
+        bundle = hostbundle.build(s.weights_xet_wheel)
+    except hostbundle.BundleError as e:
+        yield from fail._inner(f"cannot build the Python packages for the download: {e}")
+        return
+    if bundle.digest in (look.get("bundles") or []):
+        host.noop(f"Python packages for the download are installed ({bundle.digest})")
+        return
+    yield FunctionCommand(_install_bundle, (s, bundle, not plan.job_running(look)), {})
+
+
+def _install_bundle(state, host, s, bundle: hostbundle.Bundle, prune: bool) -> bool:  # noqa: F811
+    h = host
+    paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
+    upload = f"{paths.pylib}/.{bundle.digest}.tar.gz"
+    ok, _, err = _sh(state, h, f"mkdir -p {q(paths.pylib)}")
+    if ok:
+        ok = h.put_file(str(bundle.path), upload, print_input=state.print_input)
+        err = err or f"upload of {bundle.path.name} failed"
+    if ok:
+        cmd = plan.bundle_install_command(paths, bundle.digest, upload, hostbundle.IMPORT_CHECK,
+                                          bundle.xet, prune)
+        ok, _, err = _sh(state, h, cmd, timeout=600)
+    if not ok:
+        reason = next((line for line in reversed(err.splitlines()) if "glmfleet:" in line), None)
+        return _finish(state, h, "FAIL", (reason.split("glmfleet: ", 1)[1] if reason else
+                                          f"installing the Python packages for the download "
+                                          f"into {paths.pylib} failed: {err.strip()[-300:]}"))
+    _log(h, f"Python packages for the download installed in {paths.bundle_dir(bundle.digest)} "
+            f"({len(bundle.packages)} packages{', with hf_xet' if bundle.xet else ''})")
+    return True
+
+
+# ---- 3. download (or attach), with progress ---------------------------------------------------
+
+class _JobFailed(Exception):
+    pass
+
+
+class _Job:
+    """Start/attach/poll of weights.py jobs on one host (inside a FunctionCommand)."""
+
+    def __init__(self, state, h, s, manifest: dict):
+        self.state, self.h, self.s, self.manifest = state, h, s, manifest
+        self.paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
+        self.hub_bytes = 0
+        self.started = time.monotonic()
+
+    # -- one job -----------------------------------------------------------------------
+    def start(self, command: str) -> bool:
+        """Start a detached job; True if started, False if another is running (attach)."""
+        token = None
+        env = {}
+        if command == "download":
+            try:
+                token = runctx.hf_token(self.s)
+            except PyinfraError as e:
+                raise _JobFailed(str(e)) from None
+            try:
+                bundle = hostbundle.build(self.s.weights_xet_wheel)
+            except hostbundle.BundleError as e:
+                raise _JobFailed(f"cannot build the Python packages for the download: {e}") from None
+            env = {"pylib": self.paths.bundle_dir(bundle.digest), "xet": bundle.xet}
+        cmd = plan.job_command(command, self.paths, endpoint=self.s.hf_endpoint,
+                               token_file=self.paths.token_file if token else None,
+                               downloads=self.s.weights_parallel_downloads,
+                               rehash=self.s.weights_rehash, **env)
+        try:
+            if token:
+                ok, _, err = _sh(self.state, self.h, plan.token_write_command(self.paths),
+                                 stdin=token, quiet=True)
+                if not ok:
+                    raise _JobFailed(f"cannot write the HF token file {self.paths.token_file} on the "
+                                     f"host: {err.strip()[-200:]}")
+            ok, out, err = _sh(self.state, self.h, plan.with_rc(cmd), timeout=300)
+        finally:
+            if token:  # the job has read it (or never will): no copy stays on the host
+                _sh(self.state, self.h, plan.token_remove_command(self.paths))
+        rc = plan.parse_rc(out)
+        result = plan.last_json(out)
+        if rc == EXIT_OK and result and result.get("status") == "started":
+            _log(self.h, f"{command} started (pid {result.get('pid')}, log {result.get('log')})")
+            return True
+        if rc == EXIT_BUSY:
+            return False
+        raise _JobFailed(plan.start_refusal(rc, result, err))
+
+    def wait(self) -> dict:
+        """Poll `status --wait N` until no job runs; log progress each time. Returns the
+        final status. weights_wait_timeout_s bounds the wait, not the job."""
+        interval = self.s.weights_progress_interval_s
+        limit = self.s.weights_wait_timeout_s
+        t0 = time.monotonic()
+        while True:
+            ok, out, err = _sh(self.state, self.h, plan.status_command(self.paths, interval),
+                               timeout=interval + 120)
+            st = plan.last_json(out) if ok else None
+            if st is None:
+                raise _JobFailed(f"cannot read the weights job's status on the host: "
+                                 f"{(err or ' '.join(out)).strip()[-300:]}")
+            if not st.get("running"):
+                return st
+            _log(self.h, plan.progress_line(st))
+            if limit and time.monotonic() - t0 > limit:
+                raise _JobFailed(
+                    f"the weights job is still running after {plan.human_duration(limit)} "
+                    f"(weights_wait_timeout_s); it goes on detached on the host: run the deploy "
+                    f"again to attach, or follow it with `{plan.status_command(self.paths, 0)}`")
+
+    def run(self, command: str) -> dict:
+        """Run one job to its end (attaching first if another job holds the lock)."""
+        for _ in range(3):
+            if self.start(command):
+                st = self.wait()
+                self._count(st)
+                return st
+            _log(self.h, "another weights job is running on this host: attaching to it")
+            st = self.wait()
+            self._count(st)
+            if (plan.job_succeeded(st) and st.get("revision") == self.manifest["revision"]
+                    and st.get("command") in (command, "download")):
+                return st  # it did what we were about to do
+        raise _JobFailed("another weights job keeps holding the lock on this host; wait for it "
+                         "(weights.py status) or stop it, then run the deploy again")
+
+    def attach(self) -> dict:
+        _log(self.h, "a weights job is already running on this host: attaching to it")
+        st = self.wait()
+        self._count(st)
+        return st
+
+    def _count(self, st: dict) -> None:
+        if st.get("command") == "download":
+            self.hub_bytes += int(st.get("fetched_bytes") or 0)
+
+    # -- outcome -----------------------------------------------------------------------
+    def passed(self, st: dict, lan_bytes: int = 0, source: str | None = None) -> bool:
+        summary = (st.get("result") or {}).get("summary") or "verified"
+        _run(self.state).verified.add(self.h.name)
+        detail = plan.pass_detail(summary, self.hub_bytes, lan_bytes, source,
+                                  time.monotonic() - self.started)
+        return _finish(self.state, self.h, "PASS", detail)
+
+    def failed(self, reason: str) -> bool:
+        if self.hub_bytes:
+            reason += f" (fetched from the Hub before that: {plan.size_text(self.hub_bytes)})"
+        return _finish(self.state, self.h, "FAIL", reason)
+
+
+def _download(state, host, s, manifest: dict, attach: bool) -> bool:  # noqa: F811
+    """Hub download (weights.py checks what is there first and fetches only the rest);
+    with weights_rehash a full verify runs first, so bit rot is found and only the bad
+    files are fetched."""
+    h = host
+    job = _Job(state, h, s, manifest)
+    try:
+        if attach:
+            st = job.attach()
+            ours = st.get("revision") == manifest["revision"] and st.get("command") == "download"
+            if ours and plan.job_succeeded(st):
+                return job.passed(st)
+            if ours:  # it died or failed: say so; the next run resumes (finished files stay)
+                return job.failed(plan.job_failure(st))
+            # another kind of job (a verify, another revision) ended: now ours
+        elif s.weights_rehash:
+            st = job.run("verify")
+            if plan.job_succeeded(st):
+                return job.passed(st)
+        st = job.run("download")
+    except _JobFailed as e:
+        return job.failed(str(e))
+    except Exception as e:  # SSH trouble mid-wait: the host-side job is unaffected
+        return job.failed(_lost(e))
+    return job.passed(st) if plan.job_succeeded(st) else job.failed(plan.job_failure(st))
+
+
+def _lost(e: Exception) -> str:
+    return (f"lost contact with the host while running the weights job ({type(e).__name__}: "
+            f"{e}); a started job goes on detached: run the deploy again to attach to it")
+
+
+@operation()
+def fetch(s, manifest: dict):
+    look = _look(s)
+    needs, why = _needs_work(s, look, manifest)
+    if not needs:
+        if _executing():
+            _finish(host.state, host, "PASS", plan.pass_detail(why, 0))
+        host.noop(why)
+        return
+    running = plan.job_running(look)
+    if s.weights_fanout and not running and _executing():
+        r = _run(host.state)
+        group = _group(host.state, s)
+        seed = plan.pick_seed(group, r.verified, r.running)
+        if seed != host.name:
+            who = seed or plan.pick_source(group, r.verified) or "a host whose download is running"
+            host.noop(f"fan-out: receives the weights from {who} in a later step")
+            return
+        _log(host, "fan-out: this host fetches from the Hub for the group "
+                   f"({len(group)} host(s))")
+    yield FunctionCommand(_download, (s, manifest, running), {})
+
+
+# ---- 4. fan-out: copy from the source over SSH, then verify on each receiver -------------
+
+CHUNK = 4 << 20  # per read from the source: memory stays bounded whatever the file size
+
+
+def _sftp(h):
+    """A fresh SFTP channel on the host's existing SSH connection (not pyinfra's shared one:
+    several copies run at once)."""
+    import paramiko
+
+    client = getattr(h.connector, "client", None)
+    if client is None:
+        raise RuntimeError(f"{h.name} is not reached over SSH: fan-out needs SFTP")
+    return paramiko.SFTPClient.from_transport(client.get_transport())
+
+
+@operation()
+def fanout_push(s, manifest: dict):
+    if not _executing():
+        host.noop("fan-out: decided at run time")
+        return
+    r = _run(host.state)
+    group = _group(host.state, s)
+    if plan.pick_source(group, r.verified) != host.name:
+        host.noop("fan-out: not the source")
+        return
+    receivers = [n for n in group if n not in r.verified]
+    if not receivers:
+        host.noop("fan-out: every host of the group is verified")
+        return
+    yield FunctionCommand(_push, (s, manifest, receivers), {})
+
+
+def _push(state, host, s, manifest: dict, receivers: list[str]) -> bool:  # noqa: F811
+    """Copy what each receiver lacks from this (verified) host: each file is read once and
+    written to every receiver that needs it, into its incoming dir, then renamed into place.
+    A receiver that fails here is left to its verify/download step; the source never fails
+    because of a receiver."""
+    src = host
+    r = _run(state)
+    hosts = {n: state.inventory.get_host(n) for n in receivers}
+    rpaths = {n: plan.HostPaths(runctx.settings(state, hosts[n]).weights_tool_dir,
+                                runctx.settings(state, hosts[n]).weights_dir) for n in receivers}
+    spaths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
+    todo = plan.push_plan(manifest["files"], {n: r.ok_paths.get(n, set()) for n in receivers})
+    total = sum(e["size"] * len(names) for e, names in todo)
+    _log(src, f"fan-out: copying {len(todo)} file(s) to {len(receivers)} host(s), "
+              f"{human_bytes(total)} in all, through the controller")
+    try:
+        source = _sftp(src)
+    except Exception as e:
+        _log(src, f"fan-out: cannot open SFTP on the source ({e}); receivers fetch from the Hub")
+        return True
+    dests, dead = {}, set()
+    for n in receivers:
+        dirs = {posixpath.dirname(rpaths[n].file(e["path"])) for e, _ in todo}
+        ok, _, err = _sh(state, hosts[n], "mkdir -p " + " ".join(q(d) for d in
+                                                                 sorted(dirs | {rpaths[n].incoming})))
+        try:
+            if not ok:
+                raise RuntimeError(err.strip()[-200:])
+            dests[n] = _sftp(hosts[n])
+        except Exception as e:
+            _log(hosts[n], f"fan-out: cannot receive ({e}); it will fetch from the Hub")
+            dead.add(n)
+    sent, t0, last = 0, time.monotonic(), time.monotonic()
+    try:
+        for entry, names in todo:
+            names = [n for n in names if n not in dead]
+            if not names:
+                continue
+            dead |= _copy_file(source, spaths, entry, {n: (dests[n], rpaths[n]) for n in names})
+            for n in names:
+                if n not in dead:
+                    r.pushed[n] = r.pushed.get(n, 0) + entry["size"]
+                    r.push_source[n] = src.name
+                    sent += entry["size"]
+            if time.monotonic() - last >= s.weights_progress_interval_s:
+                last = time.monotonic()
+                rate = sent / max(1e-6, last - t0)
+                _log(src, f"fan-out: {human_bytes(sent)} of {human_bytes(total)} copied, "
+                          f"{human_bytes(rate)}/s")
+    except Exception as e:  # the source itself broke: every receiver falls back to the Hub
+        _log(src, f"fan-out: reading from this host failed ({e}); receivers fetch from the Hub")
+    finally:
+        for c in [source, *dests.values()]:
+            _close_quiet(c)
+        for n in dests:  # partial copies of a broken transfer, if any
+            try:
+                _sh(state, hosts[n], f"rm -rf {q(rpaths[n].incoming)}")
+            except Exception:
+                pass
+    _log(src, f"fan-out: copied {human_bytes(sent)} in "
+              f"{plan.human_duration(time.monotonic() - t0)}")
+    return True
+
+
+def _copy_file(source, spaths, entry: dict, dests: dict) -> set:
+    """Stream one file from the source to every destination; returns the receivers that
+    failed. A failing receiver is dropped without stopping the others."""
+    rel, size = entry["path"], entry["size"]
+    tmp_name = hashlib.sha256(rel.encode()).hexdigest()[:24] + ".part"
+    handles, failed = {}, set()
+    for n, (sftp, rp) in dests.items():
+        try:
+            f = sftp.open(f"{rp.incoming}/{tmp_name}", "wb")
+            f.set_pipelined(True)
+            handles[n] = f
+        except Exception:
+            failed.add(n)
+    with source.open(spaths.file(rel), "rb") as src:
+        offset = 0
+        while offset < size and handles:
+            n_bytes = min(CHUNK, size - offset)
+            data = b"".join(src.readv([(offset, n_bytes)]))
+            if len(data) != n_bytes:
+                raise OSError(f"short read of {rel} at {offset}")
+            for n in list(handles):
+                try:
+                    handles[n].write(data)
+                except Exception:
+                    failed.add(n)
+                    _close_quiet(handles.pop(n))
+            offset += n_bytes
+            gevent.sleep(0)  # let the other hosts' greenlets run between chunks
+    for n, f in handles.items():
+        sftp, rp = dests[n]
+        try:
+            f.close()
+            try:
+                sftp.remove(rp.client_metadata(rel))  # the Hub client's record of an older copy
+            except OSError:
+                pass
+            sftp.posix_rename(f"{rp.incoming}/{tmp_name}", rp.file(rel))
+        except Exception:
+            failed.add(n)
+    return failed
+
+
+def _close_quiet(f) -> None:
+    try:
+        f.close()
+    except Exception:
+        pass
+
+
+@operation()
+def fanout_receive(s, manifest: dict):
+    if not _executing():
+        host.noop("fan-out: decided at run time")
+        return
+    r = _run(host.state)
+    if host.name in r.verified:
+        host.noop("verified")
+        return
+    recorded = runctx.run_for(host.state).stages.get(host.name, {}).get(STAGE)
+    if recorded and recorded[0] == "FAIL":
+        host.noop("failed earlier in this stage")
+        return
+    yield FunctionCommand(_receive, (s, manifest), {})
+
+
+def _receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
+    """Hash every copied file (weights.py verify); whatever does not match, and anything
+    that was not copied, comes from the Hub."""
+    h = host
+    r = _run(state)
+    lan, source = r.pushed.get(h.name, 0), r.push_source.get(h.name)
+    job = _Job(state, h, s, manifest)
+    try:
+        if source is None:
+            _log(h, "fan-out: no verified host could copy to this one: fetching from the Hub")
+        else:
+            st = job.run("verify")
+            if plan.job_succeeded(st):
+                return job.passed(st, lan, source)
+            _log(h, f"fan-out: the copy did not verify ({plan.job_failure(st)}); fetching the "
+                    "rest from the Hub")
+        st = job.run("download")
+    except _JobFailed as e:
+        return job.failed(str(e))
+    except Exception as e:
+        return job.failed(_lost(e))
+    if plan.job_succeeded(st):
+        return job.passed(st, lan, source)
+    return job.failed(plan.job_failure(st))
