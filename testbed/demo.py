@@ -5,7 +5,8 @@
 What is real: SSH (sshd on each host, paramiko through pyinfra), pyinfra, apt and dpkg, each
 host's own filesystem and network address. What is simulated, each by a named test double:
 the GPUs (a fake libnvidia-ml.so.1 behind the real nvidia-ml-py), the Hugging Face Hub
-(a local endpoint serving a small synthetic checkpoint), and the serving image.
+(a local endpoint serving a small synthetic checkpoint), Docker's and NVIDIA's apt
+repositories (a local signed repository) and the serving image.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from testbed.doubles import nvml
+from testbed.doubles.aptrepo import AptRepoDouble
 from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
 from testbed.fleet import Fleet
 
@@ -27,8 +29,9 @@ BANNER = """\
 ============================================================================================
  LOCAL DEMO on a SIMULATED fleet. Real: SSH, pyinfra, apt, each host's filesystem/address.
  SIMULATED (test doubles): the GPUs (fake NVML driver library), the Hugging Face Hub (local
- endpoint, tiny synthetic checkpoint), and the serving image. Nothing here touches a real
- GPU, the real Hub or a real model.
+ endpoint, tiny synthetic checkpoint), Docker's and NVIDIA's apt repositories (local signed
+ repository) and the serving image. Nothing here touches a real GPU, the real Hub or a
+ real model.
 ============================================================================================"""
 
 
@@ -36,17 +39,25 @@ def run_demo(keep: bool = False, extra_args: list[str] | None = None) -> int:
     print(BANNER, flush=True)
     work = Path(tempfile.mkdtemp(prefix="glmfleet-demo-"))
     fleet = Fleet(cleanup_at_exit=True)
-    hub = HubDouble(make_checkpoint_dir(work / "hub"), repo_id=DEFAULT_REPO_ID,
-                    revision=DEFAULT_REVISION)
+    checkpoint = make_checkpoint_dir(work / "hub")
+    hubs: list[HubDouble] = []
+    apt_repo = None
     try:
-        hub.start()
         for name, profile in DEMO_HOSTS.items():
             fleet.add_host(name, files=nvml.host_files(profile), shm_size="32g")
         fleet.start()
-        data = {"model_revision": DEFAULT_REVISION, "hf_endpoint": hub.url,
-                "preflight_report": str(work / "preflight-report.json")}
-        inventory = fleet.write_inventory(work / "inventory.py",
-                                          host_data={n: data for n in DEMO_HOSTS})
+        # A host reaches the controller only at its own gateway: the Hub double and the apt
+        # repository double (Docker's and NVIDIA's repositories) listen on each gateway.
+        apt_repo = AptRepoDouble()
+        data = {}
+        for h in fleet.hosts.values():
+            hubs.append(HubDouble(checkpoint, repo_id=DEFAULT_REPO_ID, revision=DEFAULT_REVISION,
+                                  host=h.gateway, port=0).start())
+            data[h.name] = {**apt_repo.settings(h.gateway),
+                            "model_revision": DEFAULT_REVISION, "hf_endpoint": hubs[-1].url,
+                            "weights_dir": "/srv/glm/weights",
+                            "preflight_report": str(work / "preflight-report.json")}
+        inventory = fleet.write_inventory(work / "inventory.py", host_data=data)
         print(f"\nSimulated hosts: " + ", ".join(f"{h.name} ({DEMO_HOSTS[h.name]}, {h.address})"
                                                  for h in fleet.hosts.values()))
         print(f"Running: pyinfra {inventory} deploy.py -y\n", flush=True)
@@ -60,7 +71,10 @@ def run_demo(keep: bool = False, extra_args: list[str] | None = None) -> int:
                   f"tear down with: python -m testbed down --workdir {fleet.workdir}")
         return rc
     finally:
-        hub.stop()
+        for hub in hubs:
+            hub.stop()
+        if apt_repo:
+            apt_repo.stop()
         if not keep:
             fleet.teardown()
             print("Simulated fleet torn down.")
