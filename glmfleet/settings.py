@@ -95,6 +95,9 @@ class Settings:
     weights_progress_interval_s: int
     weights_wait_timeout_s: int
 
+    # Service
+    status_harness: str | None
+
     @property
     def cudagraph_capture_size(self) -> int:
         """The recipe's rule: max-num-seqs x (speculative tokens + 1)."""
@@ -287,6 +290,7 @@ PARSERS = {
     "weights_xet_wheel": _optional(_str(r"\S*hf_xet-[^/\s]+\.whl", "a controller path to an hf_xet-<version>-<tags>.whl")),
     "weights_progress_interval_s": _int(1, 3600),
     "weights_wait_timeout_s": _int(0, 30 * 86_400),
+    "status_harness": _optional(_choice("core", "long")),
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Settings)}
 

@@ -78,3 +78,6 @@ weights_fanout = False  # true: one host fetches from the Hub, the others copy i
 weights_xet_wheel = None  # controller path to an hf_xet wheel built for the hosts; None = plain HTTP(S) downloads (HF_HUB_DISABLE_XET=1)
 weights_progress_interval_s = 30  # seconds between progress lines (bytes, rate, ETA) per host while a download runs
 weights_wait_timeout_s = 0  # stop waiting after this many seconds (the download goes on detached; a re-run attaches); 0 = until done
+
+# --- Service --------------------------------------------------------------------------------
+status_harness = None  # tasks/status.py: also run the coherence harness ("core" or "long") from the controller against every endpoint; None = status only

@@ -1,12 +1,27 @@
-"""Stage 'service': not implemented yet.
+"""Stage 'service': the box kit placed, the service brought up and verified, fleet rollout.
 
-Reported as NOT IMPLEMENTED in the fleet summary (and loudly in the log) so a run never
-looks like it did work it did not do.
+Per host: refuse (FAIL, nothing changed) without Docker + compose or without weights verified
+for the pinned revision; pull the image when it is not there; then, in rollout order (a
+canary, then batches of rollout_batch_size; the first failure stops the rest), place the kit
+under service_dir and run its own launch.sh (start, wait with progress, smoke test READY),
+then check the boot log (one indexer-skip line per S, fp8 KV cache). The service restarts
+only when what it runs changed (compose file, .env values, serve.sh, image, weights
+revision). A host failing its health check goes back to its last known good kit.
+How the rollout is gated inside pyinfra's execution: glmfleet/ops/service.py.
 """
 
-from pyinfra import host, logger
+from pyinfra import host
 
 from glmfleet import runctx
+from glmfleet.ops import service as ops
 
-logger.warning(f"{host.name}: stage 'service' is not implemented yet: skipped, nothing changed")
-runctx.record(host.name, "service", "NOT IMPLEMENTED", "stage not built yet")
+
+def run() -> None:
+    runctx.settings()  # validated before anything (raises a clean error otherwise)
+    batch = ops.batch_size(host.state)
+    ops.check(name="Service: Docker, compose and verified weights in place")
+    ops.pull_image(name="Service: image on the host (pulled only when missing)")
+    ops.rollout(name=f"Service: kit placed and service healthy (canary, then {batch} at a time)")
+
+
+run()

@@ -1,0 +1,602 @@
+"""pyinfra facts and operations of the service stage (decisions: glmfleet.service).
+
+Three operations per host, in this order:
+  check      refuse (FAIL the host, change nothing) when Docker or compose is missing, an
+             earlier stage failed, the kit cannot be rendered, or the weights are not the
+             verified pinned revision;
+  pull       `docker pull` the image when it is not on the host (skipped when present);
+  rollout    place the kit and (re)start the service where needed, gated by the rollout.
+
+How the rollout works with pyinfra's execution model
+----------------------------------------------------
+pyinfra runs one operation at a time across all hosts, each host in its own greenlet, and
+waits for all of them before the next operation (unless --serial: host by host in the main
+greenlet; --no-wait: every host runs all its operations on its own). Our `rollout`
+operation's body runs again at execution time, per host, and is where the rollout is gated:
+
+  1. the host reads its live state (one SSH command) and decides whether it needs a change
+     (glmfleet.service.plan_change); it *arrives* at the shared Rollout (controller memory,
+     one per run) saying so. Hosts with nothing to do report "No changes" and are done.
+  2. a host needing a change waits (gevent.sleep, cooperative) until every host that is
+     executing this same operation right now has arrived; the arrivals are then placed in
+     inventory order: the first is the canary, then batches of rollout_batch_size.
+  3. it waits until every host of the earlier batches finished healthy, then yields ONE
+     python command (`_apply`) that does the work and the health check and, on failure,
+     the rollback. Once any host failed, every host still waiting stops: it records "not
+     rolled out" and changes nothing (pyinfra shows "No changes" for it; it keeps serving
+     its previous version).
+
+A host only ever waits for hosts that are running the same operation at that moment, so
+there is no deadlock when pyinfra's pool is smaller than the fleet (--parallel N: later
+hosts arrive later and go after the ones before them), with --serial (nothing else is
+running: each host goes in turn and a failure stops the rest), or with --no-wait (no
+batching across hosts that are not in this operation together; a failure still stops the
+hosts that have not started). --limit simply leaves the other hosts out.
+
+Secrets: .env (it may hold the API key) is uploaded over SFTP into a 0700 staging dir,
+never passed in a command line, never diffed or printed; the smoke test reads the key
+from .env on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shlex
+import time
+
+import gevent
+from pyinfra import host, logger
+from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
+
+from glmfleet import runctx
+from glmfleet import service as svc
+from glmfleet.index_pattern import derive
+from glmfleet.recipe import KitError, render_kit
+from glmfleet.settings import Settings
+
+STAGE = "service"
+EARLIER_STAGES = ("docker", "nvidia_toolkit", "weights")
+q = shlex.quote
+# Connector arguments we pass through to our own commands (privilege escalation, shell).
+_PASS_ARGS = ("_sudo", "_sudo_user", "_use_sudo_login", "_sudo_password", "_preserve_sudo_env",
+              "_su_user", "_use_su_login", "_preserve_su_env", "_su_shell", "_su_password",
+              "_doas", "_doas_user", "_dzdo", "_dzdo_user", "_shell_executable")
+_ESCALATE = ("_sudo", "_su_user", "_doas", "_dzdo")
+WAIT_NOTE_EVERY_S = 30
+
+
+# --- facts ---------------------------------------------------------------------------------
+
+class ServiceFacts(FactBase):
+    """Everything the stage decides on, in one read-only command: the weights marker and
+    config.json, the kit files' sha256 and modes, what the container was started from, the
+    last good kit, Docker, compose, the image id, the container, the peak throughput."""
+
+    def command(self, service_dir: str, weights_dir: str, image: str, service_name: str,
+                kit_paths: tuple) -> str:
+        return svc.facts_command(service_dir, weights_dir, image, service_name, kit_paths)
+
+    def process(self, output):
+        return svc.parse_service_facts(output)
+
+
+def _facts(s: Settings, kit_paths) -> dict:
+    return host.get_fact(ServiceFacts, service_dir=s.service_dir, weights_dir=s.weights_dir,
+                         image=s.image, service_name=s.service_name, kit_paths=tuple(sorted(kit_paths)))
+
+
+# --- per-run registry ------------------------------------------------------------------------
+
+class _ServiceRun:
+    """Controller-side state of one pyinfra run: the rollout and the closing table's rows."""
+
+    def __init__(self, state):
+        self.state = state
+        sizes = [s.rollout_batch_size for s in runctx.validate_inventory(state).values()]
+        # A fleet-wide property: the most cautious value any host asks for.
+        self.rollout = svc.Rollout(min(sizes) if sizes else 1)
+        self.rows: dict[str, dict] = {}
+        self.table_printed = False
+        self.status_rows: dict[str, dict] = {}  # tasks/status.py
+        self.status_printed = False
+
+
+_RUNS: dict[int, _ServiceRun] = {}
+
+
+def service_run(state) -> _ServiceRun:
+    run = _RUNS.get(id(state))
+    if run is None or run.state is not state:
+        run = _RUNS[id(state)] = _ServiceRun(state)
+    return run
+
+
+def batch_size(state) -> int:
+    return service_run(state).rollout.batch_size
+
+
+# --- the host's job --------------------------------------------------------------------------
+
+class Refusal(Exception):
+    """The host must not be started: the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class Job:
+    settings: Settings
+    files: dict
+    pattern: str
+    pattern_source: str
+    facts: dict
+    want: svc.Applied
+    applied: svc.Applied | None
+    last_good: svc.Applied | None
+    plan: svc.Plan
+    endpoint: str
+
+
+def _earlier_failure() -> str | None:
+    stages = runctx.run_for(host.state).stages.get(host.name, {})
+    for stage in EARLIER_STAGES:
+        status, _ = stages.get(stage, ("", ""))
+        if status == "FAIL":
+            return f"not attempted: the {stage} stage failed on this host"
+    return None
+
+
+def build_job(s: Settings, strict: bool) -> Job:
+    """Read the host, render its kit, decide. ``strict`` (execution time): raise Refusal for
+    a host that must not be started; while planning, earlier stages may still fix it."""
+    if strict and (why := _earlier_failure()):
+        raise Refusal(why)
+    probe = render_kit(s, derive(None, s.index_topk_pattern)[0])  # the paths only
+    facts = _facts(s, probe.keys())
+    if strict:
+        if facts["docker"] in (None, "absent"):
+            raise Refusal("Docker is not installed: the docker stage must pass first")
+        if facts["docker"] == "down":
+            raise Refusal("dockerd is not answering (`docker version` failed): start it, or re-run "
+                          "the docker stage")
+        if not facts["compose"]:
+            raise Refusal("neither `docker compose` nor `docker-compose` works on this host")
+        problem = svc.weights_problem(facts["verified"], s.model_revision, s.weights_dir)
+        if problem:
+            raise Refusal(problem)
+    try:
+        config = json.loads(facts["config_json"]) if facts["config_json"] else None
+    except ValueError:
+        config = None
+    try:
+        pattern, source = derive(config, s.index_topk_pattern)
+        files = render_kit(s, pattern)
+    except (KitError, ValueError) as e:
+        raise Refusal(f"the kit cannot be rendered: {e}") from None
+    container = facts["container"] or {}
+    want = svc.desired_applied(files, s.image, facts["image_id"],
+                               facts["verified"] if strict else s.model_revision)
+    applied = svc.Applied.from_json(facts["applied"])
+    plan = svc.plan_change(files, facts["files"], applied, want, bool(container.get("running")))
+    return Job(s, files, pattern, source, facts, want, applied,
+               svc.Applied.from_json(facts["last_good"]), plan,
+               svc.endpoint(s.bind_address, s.port, str(host.data.get("ssh_hostname") or host.name)))
+
+
+# --- helpers run inside _apply (the host's greenlet, at execution) ---------------------------
+
+def _connector_args() -> dict:
+    args = host.current_op_global_arguments or {}
+    return {k: v for k, v in args.items() if k in _PASS_ARGS and v not in (None, False, "")}
+
+
+def _say(message: str) -> None:
+    logger.info(f"{host.print_prefix}{message}")
+
+
+def _sh(command: str, *, show: bool = False, timeout: int | None = None) -> tuple[bool, list[str]]:
+    """Run a command (no secrets in it, ever); return (ok, combined output lines)."""
+    kwargs = _connector_args()
+    if timeout:
+        kwargs["_timeout"] = timeout
+    try:
+        ok, out = host.run_shell_command(StringCommand(command), print_output=show,
+                                         print_input=host.state.print_input, **kwargs)
+    except (OSError, TimeoutError) as e:  # SSH trouble or our timeout
+        return False, [f"{type(e).__name__}: {e}"]
+    return ok, [line.line for line in out]
+
+
+def _upload(data: bytes, dest: str) -> bool:
+    """SFTP upload. Under sudo/su pyinfra uploads to a temp file first and copies it: create
+    that file 0600 ourselves first, so a secret is never readable by others, even briefly."""
+    args = _connector_args()
+    if any(args.get(k) for k in _ESCALATE):
+        tmp = host.get_temp_filename(dest)
+        ok, _ = host.run_shell_command(StringCommand(f"(umask 077 && : > {q(tmp)})"))
+        if not ok:
+            return False
+        return bool(host.put_file(io.BytesIO(data), dest, remote_temp_filename=tmp, **args))
+    return bool(host.put_file(io.BytesIO(data), dest, **args))
+
+
+def _place(job: Job, paths: list[str], extra: dict[str, bytes] | None = None) -> tuple[bool, str]:
+    """Upload ``paths`` of the kit (and ``extra`` files: {path: bytes}) to the 0700 staging
+    dir with their final modes, then rename each into place: every file is whole, old or new."""
+    sd = job.settings.service_dir
+    staging = f"{sd}/{svc.STAGING}"
+    ok, out = _sh(f"mkdir -p {q(sd)} && umask 077 && mkdir -p {q(sd)}/{svc.STATE_DIR} "
+                  f"&& chmod 700 {q(sd)}/{svc.STATE_DIR} && rm -rf {q(staging)} && mkdir -p {q(staging)}")
+    if not ok:
+        return False, "cannot create the staging dir: " + " ".join(out)[-300:]
+    items = [(p, job.files[p][0].encode(), job.files[p][1]) for p in paths]
+    items += [(p, data, 0o600) for p, data in (extra or {}).items()]
+    moves = []
+    for i, (path, data, mode) in enumerate(items):
+        tmp = f"{staging}/{i}"
+        if not _upload(data, tmp):
+            return False, f"upload of {path} failed"
+        moves.append(f"chmod {mode:o} {q(tmp)} && mkdir -p \"$(dirname {q(sd + '/' + path)})\" "
+                     f"&& mv -f {q(tmp)} {q(sd + '/' + path)}")
+    ok, out = _sh("set -e; " + " && ".join(moves) + f" && rm -rf {q(staging)}")
+    return ok, "" if ok else "placing the kit failed: " + " ".join(out)[-300:]
+
+
+def _compose(sd: str, args: str) -> str:
+    """A compose command run with the kit's own compose probe (tools/kitlib.sh, bash), so the
+    box and the fleet always agree on `docker compose` vs `docker-compose`."""
+    script = f'cd {q(sd)} && KIT_DIR=$PWD && . tools/kitlib.sh && kit_compose && "${{COMPOSE[@]}}" {args}'
+    return f"bash -c {q(script)}"
+
+
+def _launch(job: Job, restart: bool) -> tuple[bool, str]:
+    """(Re)start through the kit's own launch.sh: start, wait with progress, smoke test."""
+    s = job.settings
+    if restart:
+        ok, out = _sh(_compose(s.service_dir, "rm -s -f"))
+        if not ok:
+            return False, "could not remove the old container: " + " ".join(out)[-300:]
+    ok, out = _sh(f"cd {q(s.service_dir)} && ./launch.sh", show=True,
+                  timeout=s.ready_timeout_s + s.smoke_timeout_s + 300)
+    if not ok:
+        reason = next((line.strip("! ") for line in out if line.startswith("!!")), "launch.sh failed")
+        return False, reason
+    return True, ""
+
+
+def _boot_check(job: Job) -> svc.BootCheck:
+    s = job.settings
+    name = q(s.service_name)
+    _, lines = _sh(f"t=$(docker container inspect -f '{{{{.State.StartedAt}}}}' {name}) && "
+                   f"docker logs --since \"$t\" {name} 2>&1 | grep -E {q(svc.BOOT_LOG_GREP)} || true")
+    return svc.evaluate_boot_log(lines, job.pattern)
+
+
+def _mark_good(job: Job, applied: svc.Applied) -> tuple[bool, str]:
+    """Record what runs now and keep this kit as the last known good one."""
+    sd = job.settings.service_dir
+    ok, why = _place(job, [], {svc.APPLIED: applied.to_json().encode()})
+    if not ok:
+        return ok, why
+    lg, tmp = f"{svc.LAST_GOOD}", f"{svc.LAST_GOOD}.tmp"
+    files = " ".join(q(p) for p in sorted(job.files))
+    ok, out = _sh(f"set -e; cd {q(sd)}; rm -rf {tmp} {lg}.old; mkdir -p {tmp}; chmod 700 {tmp}; "
+                  f"cp -p --parents {files} {tmp}/; cp -p {svc.APPLIED} {tmp}/applied.json; "
+                  f"if [ -d {lg} ]; then mv {lg} {lg}.old; fi; mv {tmp} {lg}; rm -rf {lg}.old")
+    return ok, "" if ok else "could not save the last known good kit: " + " ".join(out)[-300:]
+
+
+def _restore_last_good(job: Job) -> tuple[bool, str]:
+    sd, lg, st = job.settings.service_dir, svc.LAST_GOOD, svc.STAGING
+    ok, out = _sh(
+        f"set -e; cd {q(sd)}; rm -rf {st}; mkdir -p {st}; chmod 700 {st}; cp -a {lg}/. {st}/; "
+        f"(cd {st} && find . -type f ! -path ./applied.json) | while IFS= read -r f; do "
+        f"mkdir -p \"$(dirname \"$f\")\"; mv -f \"{st}/$f\" \"$f\"; done; "
+        f"mv -f {st}/applied.json {svc.APPLIED}; rm -rf {st}")
+    if ok and job.last_good and job.last_good.image_id:
+        # Same tag, new build: point the tag back at the build that was healthy, if still here.
+        _sh(f"docker image inspect {q(job.last_good.image_id)} >/dev/null 2>&1 && "
+            f"docker tag {q(job.last_good.image_id)} {q(job.last_good.image)} || true")
+    return ok, "" if ok else " ".join(out)[-300:]
+
+
+def _rollback(job: Job, why: str) -> tuple[str, bool]:
+    """After a failed health check: back to the last known good kit, restarted. Returns the
+    detail for the summary and whether the host serves its last known good kit again."""
+    s = job.settings
+    changed_something = bool(job.plan.files) or job.plan.action == "restart"
+    if not changed_something:
+        return f"{why} (the kit was not changed: nothing to roll back; see ./launch.sh on the host)", False
+    if job.last_good is None:
+        _sh(_compose(s.service_dir, "stop"))
+        return (f"{why}; no last known good kit to roll back to (first deploy): container stopped, "
+                f"kit left in {s.service_dir} for inspection (./launch.sh shows the log)"), False
+    _say(f"rolling back to the last known good kit ({job.last_good.short}) ...")
+    ok, err = _restore_last_good(job)
+    if not ok:
+        return f"{why}; ROLLBACK FAILED while restoring {svc.LAST_GOOD}: {err}", False
+    ok, err = _launch(job, restart=True)
+    if not ok:
+        return f"{why}; rolled back to the last known good kit, but it did not come up either: {err}", False
+    return f"{why}; rolled back to the last known good kit ({job.last_good.short}), READY again", True
+
+
+def _apply(state, host, job: Job) -> bool:  # noqa: ARG001 (pyinfra passes state and host)
+    """The change on one host, then its health check; on failure the rollback."""
+    run = service_run(state)
+    ok, detail, action = False, "unexpected error", job.plan.action
+    try:
+        ok, detail = _apply_inner(job)
+        if not ok:
+            detail, back = _rollback(job, detail)
+            action += " -> rolled back" if back else ""
+    except Exception as e:  # anything unexpected still ends in a recorded result
+        detail = f"unexpected error: {type(e).__name__}: {e}"
+        raise
+    finally:
+        run.rollout.finish(host.name, ok)
+        _result(job, "PASS" if ok else "FAIL", action, detail)
+    return ok
+
+
+def _apply_inner(job: Job) -> tuple[bool, str]:
+    s, plan = job.settings, job.plan
+    _say(f"service: {plan.describe()} [{service_run(host.state).rollout.role(host.name)}]")
+    if job.applied is not None and job.last_good is None:
+        # Running a kit of ours with no saved copy (e.g. an interrupted first run): keep it
+        # as the fallback before changing anything.
+        if _mark_good(job, job.applied)[0]:
+            job.last_good = job.applied
+    if plan.files:
+        ok, why = _place(job, list(plan.files))
+        if not ok:
+            return False, why
+    if plan.action == "files":
+        ok, out = _sh(f"cd {q(s.service_dir)} && python3 tools/oai_client.py probe --timeout 10")
+        if not ok:
+            return False, "kit files updated (no restart needed), but the API does not answer"
+        ok, why = _mark_good(job, job.want)
+        return ok, why or f"kit files updated ({', '.join(plan.files)}); no restart needed"
+    ok, why = _launch(job, restart=plan.action == "restart")
+    if not ok:
+        return False, f"health check failed: {why}"
+    boot = _boot_check(job)
+    if not boot.ok:
+        return False, f"health check failed: {boot.describe()}"
+    ok, why = _mark_good(job, job.want)
+    if not ok:
+        return False, why
+    verb = "started" if plan.action == "start" or job.applied is None else "restarted"
+    note = f" (site {svc.SITE_OVERRIDE} in use)" if job.facts["override"] else ""
+    return True, (f"{verb} ({'; '.join(plan.reasons) or 'container was not running'}): READY at "
+                  f"{job.endpoint}; {boot.describe()}; thinking {'on' if s.enable_thinking else 'off'}{note}")
+
+
+# --- results ---------------------------------------------------------------------------------
+
+def _result(job: Job | None, status: str, action: str, detail: str, s: Settings | None = None) -> None:
+    s = s or (job.settings if job else runctx.settings())
+    runctx.record(host.name, STAGE, status, detail)
+    runctx.echo(f"[{host.name}] service: {status}: {detail}")
+    run = service_run(host.state)
+    facts = job.facts if job else {}
+    run.rows[host.name] = {
+        "action": action, "status": status, "detail": detail,
+        "endpoint": job.endpoint if job else "-",
+        "revision": (job.want.revision if job and status == "PASS" else
+                     (job.applied.revision if job and job.applied else None)),
+        "image": (s.image if status == "PASS" else (job.applied.image if job and job.applied else None)),
+        "peak_decode": svc.peak_decode(facts.get("peak")),
+    }
+    _maybe_print_table(host.state)
+
+
+def _maybe_print_table(state) -> None:
+    """Once every host of this stage has a result: the rollout table."""
+    run = service_run(state)
+    if run.table_printed:
+        return
+    expected = {h.name for h in state.inventory
+                if (h in state.active_hosts or h.name in run.rows) and _has_service_ops(state, h)}
+    if expected and expected <= set(run.rows):
+        run.table_printed = True
+        runctx.echo(svc.rollout_table(run.rows))
+
+
+def _has_service_ops(state, h) -> bool:
+    ops = state.ops.get(h, {})
+    return any(any("Service: " in n for n in state.get_op_meta(o).names) for o in ops)
+
+
+# --- operations ------------------------------------------------------------------------------
+
+@operation()
+def check():
+    """Refuse to go on (FAIL the host, nothing changed) when the host cannot serve yet."""
+    if not host.state.is_executing:
+        return  # planning: the earlier stages of this run may still install/verify things
+    s = runctx.settings()
+    try:
+        build_job(s, strict=True)
+    except Refusal as e:
+        service_run(host.state).rollout.drop(host.name)
+        _result(None, "FAIL", "refused", str(e), s)
+        yield StringCommand(f"echo {q('glmfleet: service not started: ' + str(e))} >&2; exit 1")
+        return
+    host.noop("Docker, compose and verified weights in place")
+
+
+@operation()
+def pull_image():
+    """`docker pull` the image, only when it is not on the host (a present tag is trusted:
+    pin tags that never move, such as the dated b12x tags)."""
+    s = runctx.settings()
+    facts = _facts(s, ())
+    if facts["image_id"]:
+        host.noop(f"image {s.image} is present locally ({facts['image_id'][:19]}): not pulled")
+        return
+    if not host.state.is_executing:
+        yield StringCommand(f"docker pull {q(s.image)}")
+        return
+    yield FunctionCommand(_pull, (s.image,), {})
+
+
+def _pull(state, host, image: str) -> bool:  # noqa: ARG001
+    _say(f"pulling {image} (progress below) ...")
+    ok, out = _sh(f"docker pull {q(image)}", show=True, timeout=6 * 3600)
+    if not ok:
+        service_run(state).rollout.drop(host.name)
+        detail = f"docker pull {image} failed: {' '.join(out)[-300:]}"
+        _result(None, "FAIL", "refused", detail, runctx.settings())
+    return ok
+
+
+@operation()
+def rollout():
+    """Place the kit and start/restart the service where needed, in rollout order."""
+    s = runctx.settings()
+    executing = host.state.is_executing
+    try:
+        job = build_job(s, strict=executing)
+    except Refusal as e:
+        if executing:
+            service_run(host.state).rollout.drop(host.name)
+            _result(None, "FAIL", "refused", str(e), s)
+            yield StringCommand(f"echo {q('glmfleet: ' + str(e))} >&2; exit 1")
+        return
+    if not executing:
+        if job.plan.changes:  # what --dry shows: the file names and reasons, never content
+            runctx.echo(f"[{host.name}] service would {job.plan.describe()}")
+            yield FunctionCommand(_apply, (job,), {})
+        return
+
+    run = service_run(host.state)
+    position = [h.name for h in host.state.inventory].index(host.name)
+    run.rollout.arrive(host.name, position, job.plan.changes)
+    if not job.plan.changes:
+        container = job.facts["container"] or {}
+        host.noop("service unchanged and running")
+        _result(job, "PASS", "unchanged",
+                f"unchanged, running since {container.get('started_at', '?')[:19]} at {job.endpoint}")
+        return
+
+    turn = _wait_for_turn(run, host.current_op_hash)
+    if turn == "stop":
+        run.rollout.skip(host.name)
+        failed = ", ".join(run.rollout.failed)
+        host.noop("rollout stopped before this host")
+        _result(job, "FAIL", "not rolled out",
+                f"not rolled out: the rollout stopped after {failed} failed its health check; "
+                "this host was not touched and still runs its previous kit")
+        return
+    run.rollout.start(host.name)
+    yield FunctionCommand(_apply, (job,), {})
+
+
+def _wait_for_turn(run: _ServiceRun, op_hash: str) -> str:
+    state, ro, me = host.state, run.rollout, host.name
+    last_note = time.monotonic()
+    while True:
+        for h in state.inventory:  # hosts that left the run before their turn are not waited for
+            if h in state.failed_hosts:
+                ro.drop(h.name)
+        together = [h for h in state.inventory if h.executing_op_hash == op_hash
+                    and h not in state.failed_hosts and h.name not in ro.state]
+        if not together:
+            ro.seal()
+        turn = ro.turn(me)
+        if turn != "wait":
+            return turn
+        if time.monotonic() - last_note >= WAIT_NOTE_EVERY_S:
+            last_note = time.monotonic()
+            waiting_for = ", ".join(ro.blockers(me)) or ", ".join(h.name for h in together)
+            _say(f"service: {ro.role(me)}, waiting for {waiting_for}")
+        gevent.sleep(0.2)
+
+
+# --- read-only status (tasks/status.py) ------------------------------------------------------
+
+class ServiceStatusFacts(FactBase):
+    """ServiceFacts plus the container's uptime and a loopback probe of the API."""
+
+    def command(self, service_dir: str, weights_dir: str, image: str, service_name: str,
+                kit_paths: tuple) -> str:
+        from glmfleet.status import status_command
+
+        return status_command(service_dir, weights_dir, image, service_name, kit_paths)
+
+    def process(self, output):
+        from glmfleet.status import parse_status
+
+        return parse_status(output)
+
+
+def record_status(state, h) -> None:
+    """Gather one host's status (at planning time: nothing is changed); once every active
+    host has reported, print the table and mark the hosts that are not serving as failed,
+    so the run's exit status says whether the whole fleet serves the pinned revision."""
+    from pyinfra.api.exceptions import PyinfraError
+
+    from glmfleet.status import status_row, status_table
+
+    s = runctx.settings(state, h)
+    probe = render_kit(s, derive(None, s.index_topk_pattern)[0])
+    facts = h.get_fact(ServiceStatusFacts, service_dir=s.service_dir, weights_dir=s.weights_dir,
+                       image=s.image, service_name=s.service_name, kit_paths=tuple(sorted(probe)))
+    try:
+        config = json.loads(facts["config_json"]) if facts["config_json"] else None
+        files = render_kit(s, derive(config, s.index_topk_pattern)[0])
+    except (KitError, ValueError):
+        files = None
+    ep = svc.endpoint(s.bind_address, s.port, str(h.data.get("ssh_hostname") or h.name))
+    run = service_run(state)
+    run.status_rows[h.name] = status_row(facts, files, s.model_revision, ep)
+    expected = {x.name for x in state.inventory.get_active_hosts()}
+    if not expected <= set(run.status_rows) or run.status_printed:
+        return
+    run.status_printed = True
+    runctx.echo(status_table(run.status_rows))
+    down = {x for x in state.inventory.get_active_hosts() if not run.status_rows[x.name]["healthy"]}
+    suite = s.status_harness
+    if suite:
+        failed = _fleet_harness(state, suite, run.status_rows)
+        down |= {x for x in state.inventory.get_active_hosts() if x.name in failed}
+    if down:
+        try:
+            state.fail_hosts(down)
+        except PyinfraError:
+            raise PyinfraError("no host is serving the pinned revision (see the table above); "
+                               "nothing was changed") from None
+
+
+def _fleet_harness(state, suite: str, rows: dict) -> set[str]:
+    """Run the kit's coherence harness from the controller against every serving host's
+    endpoint, all hosts at once; print one table; return the hosts that failed it."""
+    import os
+    import subprocess
+    import sys
+
+    from gevent.pool import Pool
+
+    from glmfleet.settings import REPO_ROOT
+    from glmfleet.status import base_url, harness_argv, harness_row, harness_table
+
+    def one(h):
+        s = runctx.settings(state, h)
+        url = base_url(rows[h.name]["endpoint"])
+        if not rows[h.name]["healthy"]:
+            return h.name, harness_row(None, "not serving (see the status table)")
+        if url is None:
+            return h.name, harness_row(None, "API bound to loopback: not reachable from here")
+        env = {**os.environ, "API_KEY": s.api_key or "", "MODEL": s.served_model_name}
+        try:
+            p = subprocess.run(harness_argv(sys.executable, str(REPO_ROOT), suite, url), env=env,
+                               capture_output=True, text=True, timeout=3 * 3600)
+            return h.name, harness_row(json.loads(p.stdout))
+        except (ValueError, OSError, subprocess.TimeoutExpired) as e:
+            return h.name, harness_row(None, f"harness did not finish: {type(e).__name__}")
+
+    hosts = [h for h in state.inventory.get_active_hosts()]
+    results = dict(Pool(max(1, len(hosts))).map(one, hosts))
+    runctx.echo(harness_table(suite, results))
+    return {name for name, r in results.items() if r["result"] != "PASS"}
