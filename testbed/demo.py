@@ -14,11 +14,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from glmfleet.settings import load_defaults
 
 from testbed.doubles import nvml
 from testbed.doubles.aptrepo import AptRepoDouble
 from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
+from testbed.doubles.serving import image as serving_image
 from testbed.fleet import Fleet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,9 +47,25 @@ def run_demo(keep: bool = False, extra_args: list[str] | None = None) -> int:
     hubs: list[HubDouble] = []
     apt_repo = None
     try:
+        defaults = load_defaults()
+        override = serving_image.site_override(defaults["service_name"])
         for name, profile in DEMO_HOSTS.items():
-            fleet.add_host(name, files=nvml.host_files(profile), shm_size="32g")
+            files = nvml.host_files(profile)
+            if override:  # this machine cannot start privileged containers (see image.py)
+                files[f"{defaults['service_dir']}/docker-compose.override.yml"] = override
+            # The GPU side of the container runtime is simulated too: a no-op hook ahead of the
+            # toolkit's on dockerd's PATH (the real one needs real GPUs to start a container).
+            files["/usr/local/bin/nvidia-container-runtime-hook"] = (serving_image.HOOK_STANDIN, 0o755)
+            fleet.add_host(name, files=files, shm_size="32g")
         fleet.start()
+        # No registry is reachable from a simulated host: give the GPU hosts Debian's Docker
+        # and the serving-image double (tagged as the real image) before the deploy runs.
+        print("Pre-loading Debian's docker.io and the serving-image double on the GPU hosts "
+              "(simulated hosts have no registry to pull from)...", flush=True)
+        serving_image.tarball()
+        gpu_hosts = [fleet[n] for n, p in DEMO_HOSTS.items() if p == "rtx6000x4"]
+        with ThreadPoolExecutor(len(gpu_hosts)) as pool:
+            list(pool.map(lambda h: serving_image.preload(h, defaults["image"]), gpu_hosts))
         # A host reaches the controller only at its own gateway: the Hub double and the apt
         # repository double (Docker's and NVIDIA's repositories) listen on each gateway.
         apt_repo = AptRepoDouble()
@@ -53,7 +73,7 @@ def run_demo(keep: bool = False, extra_args: list[str] | None = None) -> int:
         for h in fleet.hosts.values():
             hubs.append(HubDouble(checkpoint, repo_id=DEFAULT_REPO_ID, revision=DEFAULT_REVISION,
                                   host=h.gateway, port=0).start())
-            data[h.name] = {**apt_repo.settings(h.gateway),
+            data[h.name] = {**apt_repo.settings(h.gateway), "docker_packages": "distro",
                             "model_revision": DEFAULT_REVISION, "hf_endpoint": hubs[-1].url,
                             "weights_dir": "/srv/glm/weights",
                             "preflight_report": str(work / "preflight-report.json")}

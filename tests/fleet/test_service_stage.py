@@ -46,29 +46,6 @@ WRONG_SKIPS = "glmfleet-test/vllm:wrong-skips"
 SERVICE_DIR, WEIGHTS_DIR, NAME = DEFAULTS["service_dir"], DEFAULTS["weights_dir"], DEFAULTS["service_name"]
 DEPLOY = 'from pyinfra import local\nlocal.include("tasks/service.py")\n'
 API_KEY = "sk-glmfleet-test-4f9a2c7e11"
-DOCKERD = ("setsid dockerd --storage-driver=vfs --iptables=false --bridge=none "
-           ">/var/log/dockerd.log 2>&1 </dev/null & "
-           "for i in $(seq 150); do docker version >/dev/null 2>&1 && exit 0; sleep 0.2; done; "
-           "tail -20 /var/log/dockerd.log; exit 1")
-
-
-def _lacks_cap_sys_resource() -> bool:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapBnd:"):
-            return not int(line.split()[1], 16) & (1 << 24)
-    return True
-
-
-SITE_OVERRIDE = f"""# TEST FLEET ONLY, not part of the kit: this machine lacks CAP_SYS_RESOURCE, so a
-# privileged container or an unlimited memlock cannot start here at all. A site override
-# that compose merges by itself; the deploy never writes it and never restarts for it.
-services:
-  {NAME}:
-    privileged: false
-    ulimits:
-      memlock: 8388608
-"""
-
 
 def _host_files() -> dict:
     config = {"num_hidden_layers": 78,
@@ -79,17 +56,10 @@ def _host_files() -> dict:
         f"{WEIGHTS_DIR}/model-00001-of-00001.safetensors": b"\0" * 1024,
         f"{WEIGHTS_DIR}/.glmfleet/VERIFIED": REVISION + "\n",
     }
-    if _lacks_cap_sys_resource():
-        files[f"{SERVICE_DIR}/docker-compose.override.yml"] = SITE_OVERRIDE
+    override = serving_image.site_override(NAME)
+    if override:
+        files[f"{SERVICE_DIR}/docker-compose.override.yml"] = override
     return files
-
-
-def _install_docker(h) -> None:
-    h.exec("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-           "--no-install-recommends docker.io docker-compose >/var/log/apt-docker.log 2>&1 "
-           "|| { tail -20 /var/log/apt-docker.log; exit 1; }", timeout=300)
-    h.exec(DOCKERD, timeout=60)
-    serving_image.import_image(h, IMAGE)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +73,7 @@ def svc_fleet(fleet, tmp_path_factory):
         fleet.start(*HOSTS)
         serving_image.tarball()  # build once, before the threads
         with ThreadPoolExecutor(len(HOSTS)) as pool:
-            list(pool.map(_install_docker, [fleet[n] for n in HOSTS]))
+            list(pool.map(lambda h: serving_image.preload(h, IMAGE), [fleet[n] for n in HOSTS]))
         (work / "deploy.py").write_text(DEPLOY)
         yield {"fleet": fleet, "work": work, "data": {n: {"model_revision": REVISION} for n in HOSTS}}
     finally:

@@ -123,6 +123,49 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def lacks_cap_sys_resource() -> bool:
+    """True in sandboxes where no process may raise RLIMIT_MEMLOCK (no CAP_SYS_RESOURCE in
+    the bounding set): there a privileged container or an unlimited memlock cannot start."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            return not int(line.split()[1], 16) & (1 << 24)
+    return True
+
+
+def site_override(service_name: str) -> str | None:
+    """A compose override for simulated hosts on such a machine (None where none is needed).
+    Compose merges docker-compose.override.yml by itself; the deploy never writes it."""
+    if not lacks_cap_sys_resource():
+        return None
+    return f"""# TEST FLEET ONLY, not part of the kit: this machine lacks CAP_SYS_RESOURCE, so a
+# privileged container or an unlimited memlock cannot start here at all. A site override
+# that compose merges by itself; the deploy never writes it and never restarts for it.
+services:
+  {service_name}:
+    privileged: false
+    ulimits:
+      memlock: 8388608
+"""
+
+
+# Start dockerd inside a simulated host (no init system there), then wait until it answers.
+DOCKERD = ("setsid dockerd --storage-driver=vfs --iptables=false --bridge=none "
+           ">/var/log/dockerd.log 2>&1 </dev/null & "
+           "for i in $(seq 150); do docker version >/dev/null 2>&1 && exit 0; sleep 0.2; done; "
+           "tail -20 /var/log/dockerd.log; exit 1")
+
+
+def preload(host, tag: str) -> str:
+    """Give a simulated host Debian's docker.io + docker-compose (real packages, through the
+    fleet's apt proxy), a running dockerd and the image double tagged ``tag``: a host that
+    has Docker and the image already, as simulated hosts have no registry to pull from."""
+    host.exec("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+              "--no-install-recommends docker.io docker-compose >/var/log/apt-docker.log 2>&1 "
+              "|| { tail -20 /var/log/apt-docker.log; exit 1; }", timeout=300)
+    host.exec(DOCKERD, timeout=60)
+    return import_image(host, tag)
+
+
 def import_image(host, tag: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
     """`docker import` the image inside ``host`` (a testbed Host with dockerd running) as
     ``tag``; ``env`` becomes ENV lines of the image (fault switches of the fake). Returns the
