@@ -78,7 +78,7 @@ def run_demo(keep: bool = False, extra_args: list[str] | None = None) -> int:
                             "weights_dir": "/srv/glm/weights",
                             "preflight_report": str(work / "preflight-report.json")}
         inventory = fleet.write_inventory(work / "inventory.py", host_data=data)
-        print(f"\nSimulated hosts: " + ", ".join(f"{h.name} ({DEMO_HOSTS[h.name]}, {h.address})"
+        print("\nSimulated hosts: " + ", ".join(f"{h.name} ({DEMO_HOSTS[h.name]}, {h.address})"
                                                  for h in fleet.hosts.values()))
         print(f"Running: pyinfra {inventory} deploy.py -y\n", flush=True)
         pyinfra = Path(sys.executable).parent / "pyinfra"

@@ -21,15 +21,15 @@ glmfleet/facts/docker.py and the APPLIED_STAMP it is compared with.
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
 import shlex
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api import StringCommand, operation
 from pyinfra.facts.apt import noninteractive_apt
 
 from glmfleet import runctx
+from glmfleet.ops.upload import atomic_upload
 from glmfleet.docker_plan import (DAEMON_JSON, AptRepo, PlanError, cdi_decision, compare_gpus,
                                   installed_key_ok, key_problem, key_refusal, merge_daemon_config,
                                   nvidia_runtime_configured, package_name, packages_to_install,
@@ -119,14 +119,6 @@ def _fail(stage: str, message: str):
     yield StringCommand(f"echo {q('glmfleet: ' + message)} >&2; exit 1")
 
 
-def _atomic_write(path: str, data: bytes, mode: str):
-    directory, base = posixpath.split(path)
-    tmp = f"{directory}/.{base}.glmfleet-tmp"
-    yield StringCommand(f"mkdir -p {q(directory)}")
-    yield FileUploadCommand(io.BytesIO(data), tmp)
-    yield StringCommand(f"chmod {mode} {q(tmp)} && mv -f {q(tmp)} {q(path)}")
-
-
 # --- generic -------------------------------------------------------------------------------
 
 @operation()
@@ -153,7 +145,7 @@ def file_content(path: str, content: str | bytes, mode: str = "644"):
         else:
             host.noop(f"{path} is up to date")
         return
-    yield from _atomic_write(path, data, mode)
+    yield from atomic_upload(path, data, mode)
 
 
 @operation()
@@ -218,7 +210,7 @@ def trusted_key(repo: AptRepo, stage: str):
     if problem or not key["data"]:
         yield from _fail(stage, key_refusal(repo, problem or "its content did not come back intact"))
         return
-    yield from _atomic_write(repo.keyring, key["data"], "644")  # _apt must read it
+    yield from atomic_upload(repo.keyring, key["data"], "644")  # _apt must read it
 
 
 # --- daemon.json ---------------------------------------------------------------------------
@@ -244,7 +236,7 @@ def daemon_json(log_max_size: str, log_max_file: int, stage: str = "docker"):
         host.noop(f"{DAEMON_JSON} already has our settings")
         return
     current = host.get_fact(FileDigest, path=DAEMON_JSON)
-    yield from _atomic_write(DAEMON_JSON, render_daemon_json(merged).encode(),
+    yield from atomic_upload(DAEMON_JSON, render_daemon_json(merged).encode(),
                              current["mode"] if current else "644")
 
 

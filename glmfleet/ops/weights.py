@@ -33,7 +33,6 @@ detaches). Never in a command line, an operation argument, a fact, a diff or a l
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
 import shlex
 import time
@@ -41,10 +40,11 @@ from pathlib import Path
 
 import gevent
 from pyinfra import host, logger
-from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringCommand, operation
+from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 from pyinfra.api.exceptions import PyinfraError
 
 from glmfleet import hostbundle, runctx
+from glmfleet.ops.upload import atomic_upload
 from glmfleet import weights_plan as plan
 from glmfleet.hostside.weights import EXIT_BUSY, EXIT_OK, human_bytes
 from glmfleet.manifest import dumps as manifest_text
@@ -138,14 +138,6 @@ def _sh(state, h, command: str, stdin: str | None = None, timeout: float | None 
     return ok, out.stdout_lines, out.stderr
 
 
-def _atomic_upload(path: str, data: bytes, mode: str):
-    directory, base = posixpath.split(path)
-    tmp = f"{directory}/.{base}.glmfleet-tmp"
-    yield StringCommand(f"mkdir -p {q(directory)}")
-    yield FileUploadCommand(io.BytesIO(data), tmp)
-    yield StringCommand(f"chmod {mode} {q(tmp)} && mv -f {q(tmp)} {q(path)}")
-
-
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -169,11 +161,11 @@ def tool_and_manifest(s, manifest: dict):
     changed = False
     if look.get("tool_sha256") != _sha(script):
         changed = True
-        yield from _atomic_upload(paths.script, script, "755")
+        yield from atomic_upload(paths.script, script, "755")
     if look.get("manifest_sha256") != _sha(text):
         changed = True
         # Safe while a job runs: a job reads its manifest once, when it starts.
-        yield from _atomic_upload(paths.manifest, text, "644")
+        yield from atomic_upload(paths.manifest, text, "644")
     if look.get("token_file"):
         # Left by a run that lost its connection while starting a download: no job needs it.
         changed = True

@@ -4,7 +4,6 @@ driver library (NVML double) and the Hub (Hub double) are the only stand-ins."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -172,7 +171,7 @@ def test_failing_hosts_dropped_and_passing_hosts_proceed(fleet, preflight_fleet,
 
 
 def test_bad_settings_refused_before_any_connection(fleet, make_host, pyinfra_cli, tmp_path):
-    host = make_host("pf-bad")
+    make_host("pf-bad")
     inventory = fleet.write_inventory(tmp_path / "inv.py", hosts=["pf-bad"],
                                       host_data={"pf-bad": {"decode_context_parallel_size": 3}})
     fleet.stop("pf-bad")  # unreachable: a connection attempt would fail differently
