@@ -41,6 +41,11 @@ if [ -n "$missing" ]; then
     if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 
+# The apt repository double repackages Debian's docker.io binaries: apt's lists must exist.
+if ! apt-cache policy docker.io 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    apt-get update -qq
+fi
+
 # The fleet mounts overlayfs; make sure the module is there (built in on most kernels).
 grep -qw overlay /proc/filesystems || modprobe overlay
 
