@@ -37,7 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 WEIGHTS = ROOT / "glmfleet" / "hostside" / "weights.py"
+# huggingface_hub's CLI: beside this Python (a venv), else on PATH.
 HF_CLI = Path(sys.executable).parent / "hf"
+if not HF_CLI.exists() and shutil.which("hf"):
+    HF_CLI = Path(shutil.which("hf"))
 MB = 1_000_000
 SHARD_MB = (700, 550, 400, 650, 300, 500)  # cycled: sizes like the real checkpoint's shards
 
