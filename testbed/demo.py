@@ -39,67 +39,101 @@ BANNER = """\
 ============================================================================================"""
 
 
-def run_demo(keep: bool = False, extra_args: list[str] | None = None) -> int:
-    print(BANNER, flush=True)
-    work = Path(tempfile.mkdtemp(prefix="glmfleet-demo-"))
-    fleet = Fleet(cleanup_at_exit=True)
-    checkpoint = make_checkpoint_dir(work / "hub")
-    hubs: list[HubDouble] = []
-    apt_repo = None
-    try:
+class Site:
+    """A simulated site: hosts with the given NVML profiles, every double they need, and a
+    ready inventory for the real deploy.py. Used by the demo and the end-to-end fleet test.
+
+        with Site({"gpu-a": "rtx6000x4"}) as site:
+            subprocess.run([pyinfra, site.inventory, "deploy.py", "-y"], cwd=REPO)
+    """
+
+    def __init__(self, hosts: dict[str, str], fleet: Fleet | None = None, keep: bool = False):
+        self.profiles, self.keep = hosts, keep
+        self.own_fleet = fleet is None
+        self.fleet = fleet or Fleet(cleanup_at_exit=not keep)
+        self.work = Path(tempfile.mkdtemp(prefix="glmfleet-site-"))
+        self.hubs: list[HubDouble] = []
+        self.apt_repo: AptRepoDouble | None = None
+        self.inventory: Path | None = None
+
+    def __enter__(self) -> "Site":
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> None:
         defaults = load_defaults()
         override = serving_image.site_override(defaults["service_name"])
-        for name, profile in DEMO_HOSTS.items():
+        for name, profile in self.profiles.items():
             files = nvml.host_files(profile)
             if override:  # this machine cannot start privileged containers (see image.py)
                 files[f"{defaults['service_dir']}/docker-compose.override.yml"] = override
             # The GPU side of the container runtime is simulated too: a no-op hook ahead of the
             # toolkit's on dockerd's PATH (the real one needs real GPUs to start a container).
             files["/usr/local/bin/nvidia-container-runtime-hook"] = (serving_image.HOOK_STANDIN, 0o755)
-            fleet.add_host(name, files=files, shm_size="32g")
-        fleet.start()
+            self.fleet.add_host(name, files=files, shm_size="32g")
+        self.fleet.start(*self.profiles)
         # No registry is reachable from a simulated host: give the GPU hosts Debian's Docker
         # and the serving-image double (tagged as the real image) before the deploy runs.
         print("Pre-loading Debian's docker.io and the serving-image double on the GPU hosts "
               "(simulated hosts have no registry to pull from)...", flush=True)
         serving_image.tarball()
-        gpu_hosts = [fleet[n] for n, p in DEMO_HOSTS.items() if p == "rtx6000x4"]
-        with ThreadPoolExecutor(len(gpu_hosts)) as pool:
+        gpu_hosts = [self.fleet[n] for n, p in self.profiles.items() if p == "rtx6000x4"]
+        with ThreadPoolExecutor(max(1, len(gpu_hosts))) as pool:
             list(pool.map(lambda h: serving_image.preload(h, defaults["image"]), gpu_hosts))
         # A host reaches the controller only at its own gateway: the Hub double and the apt
         # repository double (Docker's and NVIDIA's repositories) listen on each gateway.
-        apt_repo = AptRepoDouble()
+        checkpoint = self.work / "hub"
+        make_checkpoint(checkpoint, shards=3, shard_bytes=2 * 2**20)
+        self.apt_repo = AptRepoDouble()
         data = {}
-        for h in fleet.hosts.values():
-            hubs.append(HubDouble(checkpoint, repo_id=DEFAULT_REPO_ID, revision=DEFAULT_REVISION,
-                                  host=h.gateway, port=0).start())
-            data[h.name] = {**apt_repo.settings(h.gateway), "docker_packages": "distro",
-                            "model_revision": DEFAULT_REVISION, "hf_endpoint": hubs[-1].url,
-                            "weights_dir": "/srv/glm/weights",
-                            "preflight_report": str(work / "preflight-report.json")}
-        inventory = fleet.write_inventory(work / "inventory.py", host_data=data)
-        print("\nSimulated hosts: " + ", ".join(f"{h.name} ({DEMO_HOSTS[h.name]}, {h.address})"
-                                                 for h in fleet.hosts.values()))
-        print(f"Running: pyinfra {inventory} deploy.py -y\n", flush=True)
+        for name in self.profiles:
+            h = self.fleet[name]
+            self.hubs.append(HubDouble(checkpoint, repo_id=DEFAULT_REPO_ID,
+                                       revision=DEFAULT_REVISION, host=h.gateway, port=0).start())
+            data[name] = {**self.apt_repo.settings(h.gateway), "docker_packages": "distro",
+                          "model_revision": DEFAULT_REVISION, "hf_endpoint": self.hubs[-1].url,
+                          "weights_dir": "/srv/glm/weights",
+                          "preflight_report": str(self.work / "preflight-report.json")}
+        self.inventory = self.fleet.write_inventory(self.work / "inventory.py",
+                                                    hosts=list(self.profiles), host_data=data)
+
+    def close(self) -> None:
+        for hub in self.hubs:
+            hub.stop()
+        if self.apt_repo:
+            self.apt_repo.stop()
+        if self.keep:
+            return
+        if self.own_fleet:
+            self.fleet.teardown()
+        else:
+            for name in self.profiles:
+                if name in self.fleet.hosts:
+                    self.fleet.remove(name)
+
+
+def run_demo(keep: bool = False, extra_args: list[str] | None = None) -> int:
+    print(BANNER, flush=True)
+    with Site(DEMO_HOSTS, keep=keep) as site:
+        print("\nSimulated hosts: " + ", ".join(f"{n} ({p}, {site.fleet[n].address})"
+                                                 for n, p in DEMO_HOSTS.items()))
+        print(f"Running: pyinfra {site.inventory} deploy.py -y\n", flush=True)
         pyinfra = Path(sys.executable).parent / "pyinfra"
-        rc = subprocess.call([str(pyinfra), str(inventory), "deploy.py", "-y",
+        rc = subprocess.call([str(pyinfra), str(site.inventory), "deploy.py", "-y",
                               *(extra_args or [])], cwd=REPO)
         print(f"\npyinfra exited with {rc} (non-zero is expected: gpu-h100 fails preflight)."
-              "\nSIMULATED fleet: the GPUs, the Hub and the serving image above were test doubles.")
+              "\nSIMULATED fleet: the GPUs, the Hub, the apt repositories and the serving image "
+              "above were test doubles.")
         if keep:
-            print(f"--keep: fleet left up; inventory {inventory}; "
-                  f"tear down with: python -m testbed down --workdir {fleet.workdir}")
-        return rc
-    finally:
-        for hub in hubs:
-            hub.stop()
-        if apt_repo:
-            apt_repo.stop()
-        if not keep:
-            fleet.teardown()
-            print("Simulated fleet torn down.")
-
-
-def make_checkpoint_dir(path: Path) -> Path:
-    make_checkpoint(path, shards=3, shard_bytes=2 * 2**20)
-    return path
+            print(f"--keep: hosts left up (the Hub and apt doubles stop with the demo); "
+                  f"tear down with: python -m testbed down --workdir {site.fleet.workdir}")
+    if not keep:
+        print("Simulated fleet torn down.")
+    return rc
