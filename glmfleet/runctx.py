@@ -52,7 +52,9 @@ def validate_inventory(state) -> dict[str, Settings]:
     run = run_for(state)
     if not run.settings:
         try:
-            run.settings = validate_many({h.name: h.data.dict() for h in state.inventory})
+            # Every host this run targets (--limit respected), all problems at once.
+            run.settings = validate_many({h.name: h.data.dict() for h in state.inventory
+                                          if state.is_host_in_limit(h)})
         except SettingsError as e:
             raise CliError("invalid settings (nothing was changed, no host was contacted):\n"
                            + str(e)) from None
@@ -83,7 +85,7 @@ def install_callbacks(state) -> None:
 
     config.py runs before State.init(), which resets the callback list, so we hook init
     itself; init is also the last step before pyinfra connects, so settings are validated
-    there, for every host of the inventory (--limit included), before any connection."""
+    there, for every host the run targets (--limit applies), before any connection."""
     original_init = state.init
 
     def init(*args, **kwargs):
