@@ -2,7 +2,8 @@
 # Host-side log forwarder: copies the container's log to logs/serve.log (rotated at 100 MB,
 # a few old files kept) and keeps the peak prefill/decode throughput in logs/peak.json.
 # Runs until stopped; re-attaches whenever the log stream ends (container restart or
-# re-creation). One instance per kit (logs/monitor.lock); launch.sh starts it.
+# re-creation). One instance per kit (logs/monitor.lock); launch.sh starts it, and the
+# service stage supervises it (a systemd unit where there is systemd: glmfleet/monitor.py).
 #   ./monitor.sh &                   start by hand (after `docker compose up -d`)
 #   kill "$(cat logs/monitor.pid)"   stop it
 # Environment: LOG_CMD (a shell command whose output replaces the container log, for tests),
@@ -15,7 +16,11 @@ cd "$KIT_DIR"
 
 mkdir -p logs
 exec 9>logs/monitor.lock
-if ! flock -n 9; then
+if [[ -n ${GLMFLEET_MONITOR_UNIT:-} ]]; then
+    # Under systemd (glmfleet's <service>-monitor.service): wait for an instance started by
+    # hand (launch.sh) to end, then take over, instead of exiting and being restarted.
+    flock 9
+elif ! flock -n 9; then
     echo "monitor.sh: already running (pid $(cat logs/monitor.pid 2>/dev/null || echo '?'))"
     exit 0
 fi

@@ -194,11 +194,17 @@ def main(argv: list[str]) -> int:
         data["model_revision"] = "0" * 40
     try:
         settings = validate("local", data)
+        from glmfleet.apikey import resolve
+
+        resolved, notes = resolve({"local": settings})  # api_key=generate: the stored key
+        settings = resolved["local"]
+        for note in notes:
+            print(note, file=sys.stderr)
         config_path = Path(settings.weights_dir) / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else None
         pattern, _ = derive(config, settings.index_topk_pattern)
         write_kit(argv[0], render_kit(settings, pattern))
-    except (SettingsError, KitError, ValueError) as e:
+    except (SettingsError, KitError, ValueError) as e:  # ApiKeyError is a ValueError
         print(e, file=sys.stderr)
         return 1
     print(f"kit written to {argv[0]} (then: cd {argv[0]} && ./launch.sh)")

@@ -53,11 +53,21 @@ def validate_inventory(state) -> dict[str, Settings]:
     if not run.settings:
         try:
             # Every host this run targets (--limit respected), all problems at once.
-            run.settings = validate_many({h.name: h.data.dict() for h in state.inventory
-                                          if state.is_host_in_limit(h)})
+            settings = validate_many({h.name: h.data.dict() for h in state.inventory
+                                      if state.is_host_in_limit(h)})
         except SettingsError as e:
             raise CliError("invalid settings (nothing was changed, no host was contacted):\n"
                            + str(e)) from None
+        # api_key = "generate": the fleet's one stored key, resolved here only, so the kit,
+        # the smoke test and the harnesses all see the real key (never printed).
+        from glmfleet.apikey import ApiKeyError, resolve
+
+        try:
+            run.settings, notes = resolve(settings)
+        except ApiKeyError as e:
+            raise CliError(f"{e} (nothing was changed, no host was contacted)") from None
+        for note in notes:
+            echo(note)
     return run.settings
 
 

@@ -46,6 +46,7 @@ class Settings:
     port: int
     bind_address: str
     api_key: str | None
+    api_key_file: str
     served_model_name: str
     served_model_aliases: tuple[str, ...]
     enable_thinking: bool
@@ -227,6 +228,9 @@ def _fingerprint(v: Any) -> str:
 
 _HOSTNAME = r"[A-Za-z0-9.:-]+"
 _API_KEY = r"[!#-&(-\[\]-~]{8,}"  # printable ASCII less space, quotes and backslash
+API_KEY_PATTERN = _API_KEY
+# api_key = "generate": one random key per fleet, kept in api_key_file (glmfleet/apikey.py).
+API_KEY_GENERATE = "generate"
 PARSERS = {
     "preflight_only": _bool,
     "preflight_report": lambda v: "" if v in (None, "") else _str()(v),
@@ -242,7 +246,9 @@ PARSERS = {
     "port": _int(1, 65535),
     "bind_address": _str(r"(\d{1,3}\.){3}\d{1,3}|::|::1|" + _HOSTNAME, "an IP address such as 0.0.0.0 or 127.0.0.1"),
     # No quotes or backslashes: .env must read the same under compose v1 and v2.
-    "api_key": _optional(_str(_API_KEY, "at least 8 printable characters without spaces, quotes or backslashes")),
+    "api_key": _optional(lambda v: API_KEY_GENERATE if v == API_KEY_GENERATE else _str(
+        _API_KEY, 'at least 8 printable characters without spaces, quotes or backslashes, or "generate"')(v)),
+    "api_key_file": _str(desc="a path on the controller"),
     "served_model_name": _str(r"[A-Za-z0-9._/-]+", "letters, digits, . _ / -"),
     "served_model_aliases": lambda v: tuple(_str(r"[A-Za-z0-9._/-]+", "letters, digits, . _ / -")(x)
                                             for x in _str_list(v)),

@@ -6,7 +6,9 @@ canary, then batches of rollout_batch_size; the first failure stops the rest), p
 under service_dir and run its own launch.sh (start, wait with progress, smoke test READY),
 then check the boot log (one indexer-skip line per S, fp8 KV cache). The service restarts
 only when what it runs changed (compose file, .env values, serve.sh, image, weights
-revision). A host failing its health check goes back to its last known good kit.
+revision). A host failing its health check goes back to its last known good kit. Last,
+monitor.sh is supervised: a systemd unit on systemd hosts, else started when not running
+(supervision on deploy only there; see glmfleet/monitor.py).
 How the rollout is gated inside pyinfra's execution: glmfleet/ops/service.py.
 """
 
@@ -22,6 +24,7 @@ def run() -> None:
     ops.check(name="Service: Docker, compose and verified weights in place")
     ops.pull_image(name="Service: image on the host (pulled only when missing)")
     ops.rollout(name=f"Service: kit placed and service healthy (canary, then {batch} at a time)")
+    ops.monitor(name="Service: monitor.sh supervised (systemd unit, else started when not running)")
 
 
 run()

@@ -50,6 +50,7 @@ import gevent
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 
+from glmfleet import monitor as mon
 from glmfleet import runctx
 from glmfleet import service as svc
 from glmfleet.index_pattern import derive
@@ -491,6 +492,33 @@ def rollout():
         return
     run.rollout.start(host.name)
     yield FunctionCommand(_apply, (job,), {})
+
+
+class MonitorFacts(FactBase):
+    """systemd or not, the monitor unit's sha256 and state, whether monitor.sh is alive."""
+
+    def command(self, service_dir: str, service_name: str) -> str:
+        return mon.facts_command(service_dir, service_name)
+
+    def process(self, output):
+        return mon.parse_facts(output)
+
+
+@operation()
+def monitor():
+    """monitor.sh supervised: a systemd unit where there is systemd (rewritten only when its
+    content changed), else started detached when not running (supervision on deploy only)."""
+    s = runctx.settings()
+    unit = mon.render_unit(s.service_dir, s.service_name)
+    facts = host.get_fact(MonitorFacts, service_dir=s.service_dir, service_name=s.service_name)
+    p = mon.plan(facts, unit)
+    if not p.changes:
+        host.noop(f"monitor: {p.reason}")
+        return
+    if host.state.is_executing:
+        _say(f"monitor: {p.reason}")
+    for command in mon.commands(p, s.service_dir, s.service_name, unit):
+        yield StringCommand(command)
 
 
 def _wait_for_turn(run: _ServiceRun, op_hash: str) -> str:

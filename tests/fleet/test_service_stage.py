@@ -15,7 +15,8 @@ unlimited memlock cannot start at all; then the test hosts get a site compose ov
 
 One fleet of three hosts (sv-a, sv-b, sv-c, in that inventory order: sv-a is the canary),
 shared by the tests of this module, in order: a first deploy, an unchanged re-run, a
-settings change on one host, a broken image (canary fails, rolls back, rollout stops), a
+monitor.sh killed and started again by a re-run, a settings change on one host, a broken
+image (canary fails, rolls back, rollout stops), a
 wrong boot log on one host, unverified weights refused, the API key.
 """
 
@@ -193,6 +194,38 @@ def test_rerun_changes_nothing_and_restarts_nothing(svc_fleet, first, pyinfra_cl
         assert container(svc_fleet["fleet"][name]) == first["containers"][name]
         assert "PASS: unchanged, running since" in service_line(log, name)
     assert seconds < 30, seconds
+
+
+def monitor_pid(h) -> int | None:
+    """The pid of the host's live monitor.sh, None when it is not running."""
+    r = h.exec(f"p=$(cat {SERVICE_DIR}/logs/monitor.pid) && kill -0 \"$p\" && echo \"$p\"", check=False)
+    return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else None
+
+
+def test_monitor_is_running_and_restarted_by_a_rerun_when_killed(svc_fleet, first, pyinfra_cli):
+    """No systemd on the test hosts: the stage starts a dead monitor.sh again (on deploy)."""
+    fleet = svc_fleet["fleet"]
+    pids = {n: monitor_pid(fleet[n]) for n in HOSTS}
+    assert all(pids.values()), pids
+    before = {n: container(fleet[n]) for n in HOSTS}
+    fleet["sv-c"].exec(f"kill {pids['sv-c']}")
+    for _ in range(50):
+        if monitor_pid(fleet["sv-c"]) is None:
+            break
+        time.sleep(0.1)
+    assert monitor_pid(fleet["sv-c"]) is None
+    rc, report, log, _ = deploy(svc_fleet, pyinfra_cli, tag="monitor-killed")
+    assert rc == 0, log[-4000:]
+    assert changed_hosts(report) == {"sv-c"}
+    changed_ops = [op["name"] for op in report["results"]["operations"] if op["success"]]
+    assert len(changed_ops) == 1 and "monitor.sh supervised" in changed_ops[0], changed_ops
+    assert {n: container(fleet[n]) for n in HOSTS} == before  # the service was not restarted
+    for _ in range(50):
+        if monitor_pid(fleet["sv-c"]):
+            break
+        time.sleep(0.1)
+    assert monitor_pid(fleet["sv-c"]) not in (None, pids["sv-c"])
+    assert {n: monitor_pid(fleet[n]) for n in ("sv-a", "sv-b")} == {n: pids[n] for n in ("sv-a", "sv-b")}
 
 
 def test_thinking_off_restarts_exactly_that_host(svc_fleet, first, pyinfra_cli):

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,22 @@ def test_monitor_keeps_peaks_across_reattach_and_restart(make_kit):
     wait_for("the new decode peak", lambda: (kit.peaks() or {}).get("peak_decode_tps") == 80.0)
     assert kit.peaks()["peak_prefill_tps"] == 1234.5
     assert not list((kit.dir / "logs").glob(".peak.*"))  # no temp files left behind
+
+
+def test_monitor_under_its_systemd_unit_waits_then_takes_over(make_kit):
+    """GLMFLEET_MONITOR_UNIT=1 (set by the unit, glmfleet/monitor.py): a second instance waits
+    for the lock instead of exiting (no restart loop), and takes over when the first ends."""
+    kit = make_kit()
+    kit.start_monitor(LOG_CMD="exec sleep 600")
+    pid_file = kit.dir / "logs" / "monitor.pid"
+    wait_for("the first monitor", pid_file.exists)
+    first = int(pid_file.read_text())
+    unit = kit.start_monitor(LOG_CMD="exec sleep 600", GLMFLEET_MONITOR_UNIT="1")
+    time.sleep(1)
+    assert unit.poll() is None and int(pid_file.read_text()) == first  # waiting, not exited
+    os.kill(first, signal.SIGTERM)
+    wait_for("the unit's instance to take over",
+             lambda: pid_file.exists() and pid_file.read_text().strip() == str(unit.pid))
 
 
 def test_monitor_rotates_serve_log(make_kit):

@@ -1,0 +1,102 @@
+"""api_key = "generate": one random key per fleet, stored 0600 on the controller, reused."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from glmfleet import apikey
+from glmfleet.settings import SettingsError, load_defaults, validate
+
+REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+def settings(host="h1", **over):
+    return validate(host, {**load_defaults(), "model_revision": REV, **over})
+
+
+def test_generate_is_a_valid_setting_and_bad_keys_still_are_not():
+    assert settings(api_key="generate").api_key == "generate"
+    assert settings().api_key_file == ".secrets/api-key"
+    with pytest.raises(SettingsError, match='or "generate"'):
+        settings(api_key="short")
+
+
+def test_new_file_same_key_twice_mode_0600_and_never_shown(tmp_path):
+    path = tmp_path / ".secrets" / "api-key"
+    fleet = {h: settings(h, api_key="generate", api_key_file=str(path)) for h in ("a", "b", "c")}
+    resolved, notes = apikey.resolve(fleet)
+    key = resolved["a"].api_key
+    assert key != "generate" and len(key) >= 32
+    assert {s.api_key for s in resolved.values()} == {key}  # every host: the same key
+    assert path.read_text().strip() == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert len(notes) == 1 and "generated a new" in notes[0] and str(path) in notes[0]
+    assert key not in "".join(notes)
+    # a later run reuses it: nothing changes on the hosts
+    again, notes = apikey.resolve(fleet)
+    assert again["b"].api_key == key
+    assert "using the" in notes[0] and key not in notes[0]
+
+
+def test_relative_path_is_from_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    resolved, _ = apikey.resolve({"a": settings(api_key="generate")})
+    assert (tmp_path / ".secrets" / "api-key").read_text().strip() == resolved["a"].api_key
+
+
+def test_explicit_or_no_key_is_left_alone_and_no_file_made(tmp_path):
+    path = tmp_path / "k"
+    fleet = {"a": settings("a", api_key="my-own-key-123", api_key_file=str(path)),
+             "b": settings("b", api_key_file=str(path))}
+    resolved, notes = apikey.resolve(fleet)
+    assert resolved == fleet and notes == [] and not path.exists()
+
+
+def test_loose_mode_is_tightened_and_a_bad_file_is_an_error(tmp_path):
+    path = tmp_path / "k"
+    path.write_text("reused-key-0123456789\n")
+    os.chmod(path, 0o644)
+    assert apikey.load_or_create(str(path)) == ("reused-key-0123456789", False)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text("bad key\n")
+    with pytest.raises(apikey.ApiKeyError, match="does not hold a usable key"):
+        apikey.load_or_create(str(path))
+
+
+def test_kit_gets_the_resolved_key(tmp_path):
+    from glmfleet.index_pattern import DEFAULT_PATTERN
+    from glmfleet.recipe import render_kit
+
+    path = tmp_path / "k"
+    resolved, _ = apikey.resolve({"a": settings(api_key="generate", api_key_file=str(path))})
+    env = render_kit(resolved["a"], DEFAULT_PATTERN)[".env"][0]
+    assert f"API_KEY={path.read_text().strip()}" in env and "API_KEY=generate" not in env
+
+
+def test_run_settings_hold_the_resolved_key_and_name_only_the_file(tmp_path):
+    """runctx.validate_inventory (what every stage reads) resolves it, once per run. In a
+    subprocess: importing runctx imports pyinfra_cli, which monkey-patches with gevent."""
+    import subprocess
+    import sys
+
+    from glmfleet.settings import REPO_ROOT
+
+    path = tmp_path / "k"
+    code = f"""
+from types import SimpleNamespace
+from glmfleet import runctx
+from glmfleet.settings import load_defaults
+data = {{**load_defaults(), "model_revision": {REV!r}, "api_key": "generate", "api_key_file": {str(path)!r}}}
+hosts = [SimpleNamespace(name=n, data=SimpleNamespace(dict=lambda: data)) for n in ("a", "b")]
+got = runctx.validate_inventory(SimpleNamespace(inventory=hosts, is_host_in_limit=lambda h: True))
+print(got["a"].api_key == got["b"].api_key == open({str(path)!r}).read().strip())
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=60)
+    key = path.read_text().strip()
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr[-2000:]
+    assert str(path) in r.stderr and key not in r.stderr + r.stdout
