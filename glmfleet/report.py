@@ -87,12 +87,32 @@ def as_json(preflight: Mapping[str, Mapping[str, Any]]) -> dict:
     }
 
 
+INFO_COLUMNS = (("endpoint", "endpoint"), ("revision", "revision"), ("image", "image"),
+                ("peak_decode", "peak decode tok/s"))
+
+
+def _info_cell(key: str, value: Any) -> str:
+    if value in (None, "", "-"):
+        return "-"
+    if key == "revision":
+        return str(value)[:12]
+    if key == "image":
+        name = str(value).rsplit("/", 1)[-1]
+        return name if len(name) <= 30 else name[:27] + "..."
+    if key == "peak_decode" and isinstance(value, (int, float)):
+        return f"{value:.1f}"
+    return str(value)
+
+
 def summary_table(stages: Mapping[str, Mapping[str, tuple[str, str]]],
-                  order: Iterable[str]) -> str:
-    """Fleet summary: one row per host, one column per stage, then the result."""
+                  order: Iterable[str], info: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """Fleet summary: one row per host, one column per stage, the result, then what the
+    service stage found (endpoint, model revision, image, peak decode) when it ran."""
     order = list(order)
     extra = sorted({s for per in stages.values() for s in per} - set(order))
     cols = order + extra
+    info = info or {}
+    info_cols = INFO_COLUMNS if info else ()
     rows = []
     for host in sorted(stages):
         per = stages[host]
@@ -100,10 +120,12 @@ def summary_table(stages: Mapping[str, Mapping[str, tuple[str, str]]],
         failed = [(s, per[s][1]) for s in cols if s in per and per[s][0] == "FAIL"]
         missing = [s for s in cols if s in per and per[s][0] == "NOT IMPLEMENTED"]
         if failed:
-            result = _short(f"FAILED in {failed[0][0]}: {failed[0][1]}")
+            result = _short(f"FAILED in {failed[0][0]}: {failed[0][1]}", 60)
         elif missing:
             result = "incomplete: " + ", ".join(missing) + " not implemented yet"
         else:
             result = "ok"
-        rows.append([host, *cells, result])
-    return "\nFleet summary\n" + tabulate(rows, headers=["host", *cols, "result"])
+        rows.append([host, *cells, result,
+                     *[_info_cell(k, info.get(host, {}).get(k)) for k, _ in info_cols]])
+    return "\nFleet summary\n" + tabulate(
+        rows, headers=["host", *cols, "result", *[h for _, h in info_cols]], disable_numparse=True)

@@ -32,6 +32,7 @@ class _Run:
         self.settings: dict[str, Settings] = {}
         self.preflight: dict[str, dict] = {}  # host -> {"checks": [...], "verdict", "facts"}
         self.stages: dict[str, dict[str, tuple[str, str]]] = {}  # host -> stage -> (status, detail)
+        self.info: dict[str, dict[str, object]] = {}  # host -> endpoint, revision, image, peak
         self.manifests: dict[tuple, tuple[dict | None, Exception | None]] = {}
         self.preflight_done = False
         self.summary_printed = False
@@ -87,7 +88,7 @@ class RunCallbacks(BaseStateCallback):
             stages = run.stages.get(h.name, {})
             if not any(s == "FAIL" for s, _ in stages.values()):
                 record(h.name, "run", "FAIL", "an operation failed (see pyinfra's output above)", state)
-        echo(report.summary_table(run.stages, STAGES))
+        echo(report.summary_table(run.stages, STAGES, run.info))
 
 
 def install_callbacks(state) -> None:
@@ -120,6 +121,12 @@ def record(host_name: str, stage: str, status: str, detail: str = "", state=None
     """Record one stage's outcome for the fleet summary."""
     run = run_for(state or current_host.state)
     run.stages.setdefault(host_name, {})[stage] = (status, detail)
+
+
+def record_info(host_name: str, state=None, **info) -> None:
+    """Facts about a host's service for the summary's last columns (endpoint, revision,
+    image, peak_decode)."""
+    run_for(state or current_host.state).info.setdefault(host_name, {}).update(info)
 
 
 def record_preflight(state, host, checks, facts: dict) -> None:

@@ -389,6 +389,8 @@ def _result(job: Job | None, status: str, action: str, detail: str, s: Settings 
         "image": (s.image if status == "PASS" else (job.applied.image if job and job.applied else None)),
         "peak_decode": svc.peak_decode(facts.get("peak")),
     }
+    row = run.rows[host.name]
+    runctx.record_info(host.name, **{k: row[k] for k in ("endpoint", "revision", "image", "peak_decode")})
     _maybe_print_table(host.state)
 
 

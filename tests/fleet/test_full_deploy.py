@@ -44,6 +44,9 @@ def test_first_run_serves_then_second_run_changes_nothing(site, pyinfra_cli):
     for stage in ("docker", "nvidia_toolkit", "weights", "service"):
         assert any(op["name"].startswith(f"tasks/{stage}.py") for op in first["results"]["operations"])
     assert "[e2e-gpu] service: PASS" in err and "READY at http://" in err
+    summary = err[err.rindex("Fleet summary"):]
+    row = next(line for line in summary.splitlines() if line.startswith("e2e-gpu"))
+    assert f"http://{site.fleet['e2e-gpu'].address}:8000/v1" in row and " ok " in row
 
     rc, second, err = deploy(pyinfra_cli, site)
     assert rc == 0, err[-6000:]
