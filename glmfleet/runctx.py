@@ -33,6 +33,7 @@ class _Run:
         self.preflight: dict[str, dict] = {}  # host -> {"checks": [...], "verdict", "facts"}
         self.stages: dict[str, dict[str, tuple[str, str]]] = {}  # host -> stage -> (status, detail)
         self.info: dict[str, dict[str, object]] = {}  # host -> endpoint, revision, image, peak
+        self.stage_state: dict[str, object] = {}  # a stage's own run-wide state (per_run)
         self.manifests: dict[tuple, tuple[dict | None, Exception | None]] = {}
         self.preflight_done = False
         self.summary_printed = False
@@ -46,6 +47,15 @@ def run_for(state) -> _Run:
     if run is None or run.state is not state:
         run = _RUNS[id(state)] = _Run(state)
     return run
+
+
+def per_run(state, key: str, factory):
+    """A stage's own run-wide object (made by factory(state) on first use), kept with this
+    run's registry so every stage shares one per-State lifetime."""
+    run = run_for(state)
+    if key not in run.stage_state:
+        run.stage_state[key] = factory(state)
+    return run.stage_state[key]
 
 
 def validate_inventory(state) -> dict[str, Settings]:

@@ -104,14 +104,8 @@ class _ServiceRun:
         self.status_printed = False
 
 
-_RUNS: dict[int, _ServiceRun] = {}
-
-
 def service_run(state) -> _ServiceRun:
-    run = _RUNS.get(id(state))
-    if run is None or run.state is not state:
-        run = _RUNS[id(state)] = _ServiceRun(state)
-    return run
+    return runctx.per_run(state, "service", _ServiceRun)
 
 
 def batch_size(state) -> int:

@@ -86,14 +86,8 @@ class _Run:
         self.push_source: dict[str, str] = {}    # receiver -> the host it was copied from
 
 
-_RUNS: dict[int, _Run] = {}
-
-
 def _run(state) -> _Run:
-    r = _RUNS.get(id(state))
-    if r is None or r.state is not state:
-        r = _RUNS[id(state)] = _Run(state)
-    return r
+    return runctx.per_run(state, "weights", _Run)
 
 
 def _group(state, s) -> list[str]:
