@@ -83,6 +83,8 @@ class AptProxy:
             "PassThroughPattern: ^$",   # no CONNECT tunnels
             "ExThreshold: 4",
             "UnbufferLogs: 1",
+            # Give up on a stalled upstream transfer (the host's apt then retries).
+            "NetworkTimeout: 30",
             f"Remap-debrep: file:deb_mirror*.gz /debian {hostpath(m['debian'])} ; {m['debian']}/",
         ]
         if m["security"]:

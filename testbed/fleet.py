@@ -249,7 +249,12 @@ class Fleet:
             (r / "etc/apt/apt.conf.d/01proxy").write_text(
                 "// simulated test host: no route out, apt goes through the controller's apt-cacher-ng\n"
                 f'Acquire::http::Proxy "{self.proxy.url(h.gateway)}";\n'
-                f'Acquire::http::Proxy::{h.gateway} "DIRECT";\n')
+                f'Acquire::http::Proxy::{h.gateway} "DIRECT";\n'
+                "// a stalled transfer is retried instead of hanging a test run; no HTTP\n"
+                "// pipelining through the proxy (a closed pipelined connection can stall apt)\n"
+                'Acquire::http::Timeout "30";\n'
+                'Acquire::Retries "3";\n'
+                'Acquire::http::Pipeline-Depth "0";\n')
         for path, content in files.items():
             mode = None
             if isinstance(content, tuple):
