@@ -11,8 +11,19 @@ GIB = 2**30
 REASON_WIDTH = 90  # table cells stay on one line; the details below carry the full text
 
 
-def _short(text: str, width: int = REASON_WIDTH) -> str:
+def clip(text: str, width: int = REASON_WIDTH) -> str:
+    """Keep a table cell on one line: cut at width with an ellipsis."""
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def short_image(image: str | None) -> str:
+    """'registry/org/vllm:long-tag' -> 'vllm:long-ta...' for table cells."""
+    if not image:
+        return "-"
+    repo, _, tag = image.rpartition(":")
+    if not repo or "/" in tag:
+        return clip(image, 40)
+    return f"{repo.rsplit('/', 1)[-1]}:{clip(tag, 24)}"
 
 
 def gpu_summary(gpu: Mapping[str, Any] | None) -> str:
@@ -54,7 +65,7 @@ def readiness_table(preflight: Mapping[str, Mapping[str, Any]]) -> str:
         first = next((c for c in p["checks"] if c.status == "FAIL"), None) or next(
             (c for c in p["checks"] if c.status == "WARN"), None)
         rows.append([host, gpu_summary(p["facts"].get("gpu")), _driver(p["facts"]),
-                     _disk(p["facts"]), p["verdict"], _short(first.reason) if first else ""])
+                     _disk(p["facts"]), p["verdict"], clip(first.reason) if first else ""])
     return "\nPreflight readiness\n" + tabulate(
         rows, headers=["host", "GPUs", "driver", "disk", "verdict", "first failing reason"])
 
@@ -97,8 +108,7 @@ def _info_cell(key: str, value: Any) -> str:
     if key == "revision":
         return str(value)[:12]
     if key == "image":
-        name = str(value).rsplit("/", 1)[-1]
-        return name if len(name) <= 30 else name[:27] + "..."
+        return short_image(str(value))
     if key == "peak_decode" and isinstance(value, (int, float)):
         return f"{value:.1f}"
     return str(value)
@@ -120,7 +130,7 @@ def summary_table(stages: Mapping[str, Mapping[str, tuple[str, str]]],
         failed = [(s, per[s][1]) for s in cols if s in per and per[s][0] == "FAIL"]
         missing = [s for s in cols if s in per and per[s][0] == "NOT IMPLEMENTED"]
         if failed:
-            result = _short(f"FAILED in {failed[0][0]}: {failed[0][1]}", 60)
+            result = clip(f"FAILED in {failed[0][0]}: {failed[0][1]}", 60)
         elif missing:
             result = "incomplete: " + ", ".join(missing) + " not implemented yet"
         else:

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from glmfleet.index_pattern import skip_count
 from glmfleet.recipe import runtime_fingerprint
+from glmfleet.report import clip, short_image
 
 STATE_DIR = ".glmfleet"
 APPLIED = f"{STATE_DIR}/applied.json"
@@ -379,22 +380,9 @@ def rollout_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
         r = rows[host]
         peak = r.get("peak_decode")
         body.append([host, r.get("action", "-"), r.get("status", "-"), r.get("endpoint", "-"),
-                     (r.get("revision") or "-")[:12], _short_image(r.get("image")),
+                     (r.get("revision") or "-")[:12], short_image(r.get("image")),
                      f"{peak:.1f}" if isinstance(peak, (int, float)) else "-",
-                     _clip(r.get("detail", ""), 70)])
+                     clip(r.get("detail", ""), 70)])
     return "\nService rollout\n" + tabulate(body, headers=[
         "host", "action", "result", "endpoint", "revision", "image", "peak decode tok/s", "detail"],
         disable_numparse=True)
-
-
-def _short_image(image: str | None) -> str:
-    if not image:
-        return "-"
-    repo, _, tag = image.rpartition(":")
-    if not repo or "/" in tag:
-        return _clip(image, 40)
-    return f"{repo.rsplit('/', 1)[-1]}:{_clip(tag, 24)}"
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."

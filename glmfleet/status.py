@@ -13,6 +13,7 @@ import json
 from typing import Any, Mapping
 
 from glmfleet import service as svc
+from glmfleet.report import short_image
 
 
 def status_command(service_dir: str, weights_dir: str, image: str, service_name: str,
@@ -96,7 +97,7 @@ def status_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     def num(v):
         return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
 
-    body = [[h, r["state"], r["ready"], r["endpoint"], r["revision"], svc._short_image(r["image"]),
+    body = [[h, r["state"], r["ready"], r["endpoint"], r["revision"], short_image(r["image"]),
              r["uptime"], num(r["peak_prefill"]), num(r["peak_decode"]), r["kit"]]
             for h, r in sorted(rows.items())]
     healthy = sum(1 for r in rows.values() if r["healthy"])
