@@ -2,6 +2,7 @@
 from pyinfra import state
 
 from glmfleet.runctx import install_callbacks
+from glmfleet.service.apikey import resolve as resolve_api_key
 
 # The deploy is written against this pyinfra; another version may change facts or flags.
 REQUIRE_PYINFRA_VERSION = "==3.10.0"
@@ -10,5 +11,6 @@ REQUIRE_PYINFRA_VERSION = "==3.10.0"
 # the fleet goes on. Without -y pyinfra asks before continuing past a failed host.
 FAIL_PERCENT = None
 
-# Validate every host's settings before the first connection; print the summary at the end.
-install_callbacks(state)
+# Validate every host's settings before the first connection (then resolve api_key =
+# "generate" to the fleet's stored key); print the summary at the end.
+install_callbacks(state, settings_hooks=[resolve_api_key])

@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-WEIGHTS = ROOT / "glmfleet" / "hostside" / "weights.py"
+WEIGHTS = ROOT / "glmfleet" / "weights" / "hostside" / "weights.py"
 # huggingface_hub's CLI: beside this Python (a venv), else on PATH.
 HF_CLI = Path(sys.executable).parent / "hf"
 if not HF_CLI.exists() and shutil.which("hf"):
@@ -148,7 +148,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     a = ap.parse_args()
 
-    from glmfleet.manifest import dumps, fetch_manifest
+    from glmfleet.weights.manifest import dumps, fetch_manifest
     from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-verify-"))

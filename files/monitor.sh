@@ -3,7 +3,7 @@
 # a few old files kept) and keeps the peak prefill/decode throughput in logs/peak.json.
 # Runs until stopped; re-attaches whenever the log stream ends (container restart or
 # re-creation). One instance per kit (logs/monitor.lock); launch.sh starts it, and the
-# service stage supervises it (a systemd unit where there is systemd: glmfleet/monitor.py).
+# service stage supervises it (a systemd unit where there is systemd: glmfleet/service/monitor.py).
 #   ./monitor.sh &                   start by hand (after `docker compose up -d`)
 #   kill "$(cat logs/monitor.pid)"   stop it
 # Environment: LOG_CMD (a shell command whose output replaces the container log, for tests),

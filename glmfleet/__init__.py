@@ -1,5 +1,7 @@
-"""glmfleet: facts, operations and pure logic for deploying GLM-5.2 NVFP4 under vLLM.
+"""glmfleet: deploy GLM-5.2 NVFP4 under vLLM on a fleet of GPU hosts with pyinfra.
 
-Pure modules (no pyinfra import): settings, index_pattern, recipe, checks, report.
-pyinfra-facing modules: facts/ and ops/. Host-side helpers: hostside/.
+One folder per stage, each split the same way (facts gather, plan.py decides, ops.py
+changes): preflight/, docker/ (Docker and the NVIDIA toolkit), weights/, service/.
+kit/ renders the box kit. Shared by every stage: settings, runctx (glue with pyinfra; it
+imports no stage), report, upload.
 """

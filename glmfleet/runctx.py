@@ -34,12 +34,13 @@ class _Run:
         self.stages: dict[str, dict[str, tuple[str, str]]] = {}  # host -> stage -> (status, detail)
         self.info: dict[str, dict[str, object]] = {}  # host -> endpoint, revision, image, peak
         self.stage_state: dict[str, object] = {}  # a stage's own run-wide state (per_run)
-        self.manifests: dict[tuple, tuple[dict | None, Exception | None]] = {}
         self.preflight_done = False
         self.summary_printed = False
 
 
 _RUNS: dict[int, _Run] = {}
+# settings -> (settings, notes), run once per run after validation; raise ValueError to refuse.
+_SETTINGS_HOOKS: list = []
 
 
 def run_for(state) -> _Run:
@@ -69,16 +70,16 @@ def validate_inventory(state) -> dict[str, Settings]:
         except SettingsError as e:
             raise CliError("invalid settings (nothing was changed, no host was contacted):\n"
                            + str(e)) from None
-        # api_key = "generate": the fleet's one stored key, resolved here only, so the kit,
-        # the smoke test and the harnesses all see the real key (never printed).
-        from glmfleet.apikey import ApiKeyError, resolve
-
-        try:
-            run.settings, notes = resolve(settings)
-        except ApiKeyError as e:
-            raise CliError(f"{e} (nothing was changed, no host was contacted)") from None
-        for note in notes:
-            echo(note)
+        # Hooks handed in by config.py (e.g. api_key = "generate": the fleet's one stored key,
+        # resolved here only, so the kit, the smoke test and the harnesses all see the real key).
+        for hook in _SETTINGS_HOOKS:
+            try:
+                settings, notes = hook(settings)
+            except ValueError as e:
+                raise CliError(f"{e} (nothing was changed, no host was contacted)") from None
+            for note in notes:
+                echo(note)
+        run.settings = settings
     return run.settings
 
 
@@ -101,12 +102,14 @@ class RunCallbacks(BaseStateCallback):
         echo(report.summary_table(run.stages, STAGES, run.info))
 
 
-def install_callbacks(state) -> None:
-    """Register RunCallbacks on the state once it is initialised.
+def install_callbacks(state, settings_hooks=()) -> None:
+    """Register RunCallbacks on the state once it is initialised; settings_hooks run once on
+    the validated settings of the run (runctx imports no stage: stages hand theirs in).
 
     config.py runs before State.init(), which resets the callback list, so we hook init
     itself; init is also the last step before pyinfra connects, so settings are validated
     there, for every host the run targets (--limit applies), before any connection."""
+    _SETTINGS_HOOKS[:] = list(settings_hooks)
     original_init = state.init
 
     def init(*args, **kwargs):
@@ -139,16 +142,13 @@ def record_info(host_name: str, state=None, **info) -> None:
     run_for(state or current_host.state).info.setdefault(host_name, {}).update(info)
 
 
-def record_preflight(state, host, checks, facts: dict) -> None:
-    """Store one host's checks; once all active hosts are in, print the report and drop
-    the failing hosts (before any operation is executed anywhere)."""
-    from glmfleet.checks import first_failure, verdict
-
+def record_preflight(state, host, checks, facts: dict, verdict: str, first_reason: str) -> None:
+    """Store one host's checks and verdict (decided by the preflight stage); once all active
+    hosts are in, print the report and drop the failing hosts (before any operation is
+    executed anywhere)."""
     run = run_for(state)
-    v = verdict(checks)
-    first = first_failure(checks)
-    run.preflight[host.name] = {"verdict": v, "checks": checks, "facts": facts}
-    record(host.name, "preflight", v, first.reason if first else "")
+    run.preflight[host.name] = {"verdict": verdict, "checks": checks, "facts": facts}
+    record(host.name, "preflight", verdict, first_reason)
     expected = {h.name for h in state.inventory.get_active_hosts()}
     if run.preflight_done or not expected <= set(run.preflight):
         return
@@ -169,39 +169,6 @@ def record_preflight(state, host, checks, facts: dict) -> None:
         except PyinfraError as e:  # "No hosts remaining!" / over FAIL_PERCENT
             raise PyinfraError(f"{e} Every host to deploy failed preflight or was dropped; nothing "
                            "was changed. The reasons and fixes are listed above.") from None
-
-
-def hf_token(s: Settings) -> str | None:
-    """The HF token: settings' hf_token_file, else $HF_TOKEN; never printed or logged."""
-    if s.hf_token_file:
-        path = os.path.expanduser(s.hf_token_file)
-        try:
-            with open(path) as f:
-                return f.read().strip() or None
-        except OSError as e:
-            raise PyinfraError(f"hf_token_file {path!r} cannot be read ({e.strerror}): "
-                               "fix the path or its permissions, or unset it") from None
-    return os.environ.get("HF_TOKEN") or None
-
-
-def manifest(state, s: Settings):
-    """(manifest, error) for the pinned revision, fetched once per run on the controller.
-
-    Greenlets sharing a key do not race: the fetch blocks the (unpatched) event loop, so the
-    first caller fills the cache before any other host's preflight resumes."""
-    from glmfleet.manifest import ManifestError, fetch_manifest
-
-    if s.model_revision is None:
-        return None, None
-    key = (s.model_repo, s.model_revision, s.hf_endpoint, s.hf_token_file)
-    run = run_for(state)
-    if key not in run.manifests:
-        try:
-            run.manifests[key] = (fetch_manifest(s.model_repo, s.model_revision, s.hf_endpoint,
-                                                 hf_token(s)), None)
-        except ManifestError as e:
-            run.manifests[key] = (None, e)
-    return run.manifests[key]
 
 
 def passed_preflight(state, host) -> bool:

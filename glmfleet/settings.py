@@ -204,7 +204,7 @@ def _compute_capability(v: Any) -> tuple[int, int]:
 
 
 def _pattern(v: Any) -> str:
-    from glmfleet.index_pattern import check_pattern
+    from glmfleet.kit.index_pattern import check_pattern
 
     if not isinstance(v, str):
         raise ValueError("a string of F and S characters")
@@ -229,7 +229,7 @@ def _fingerprint(v: Any) -> str:
 _HOSTNAME = r"[A-Za-z0-9.:-]+"
 _API_KEY = r"[!#-&(-\[\]-~]{8,}"  # printable ASCII less space, quotes and backslash
 API_KEY_PATTERN = _API_KEY
-# api_key = "generate": one random key per fleet, kept in api_key_file (glmfleet/apikey.py).
+# api_key = "generate": one random key per fleet, kept in api_key_file (glmfleet/service/apikey.py).
 API_KEY_GENERATE = "generate"
 PARSERS = {
     "preflight_only": _bool,

@@ -12,10 +12,10 @@ daemon.json is merged before the packages go in, so a systemd host's first docke
 
 from pyinfra import host
 
-from glmfleet import docker_plan as plan
+from glmfleet.docker import plan
 from glmfleet import runctx
-from glmfleet.facts.docker import DockerHostFacts
-from glmfleet.ops import docker as ops
+from glmfleet.docker.facts import DockerHostFacts
+from glmfleet.docker import ops
 
 STAGE = "docker"
 

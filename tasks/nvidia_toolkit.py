@@ -11,10 +11,10 @@ says WARN with the reason.
 
 from pyinfra import host
 
-from glmfleet import docker_plan as plan
+from glmfleet.docker import plan
 from glmfleet import runctx
-from glmfleet.facts.docker import DockerHostFacts
-from glmfleet.ops import docker as ops
+from glmfleet.docker.facts import DockerHostFacts
+from glmfleet.docker import ops
 
 STAGE = "nvidia_toolkit"
 

@@ -8,14 +8,14 @@ then check the boot log (one indexer-skip line per S, fp8 KV cache). The service
 only when what it runs changed (compose file, .env values, serve.sh, image, weights
 revision). A host failing its health check goes back to its last known good kit. Last,
 monitor.sh is supervised: a systemd unit on systemd hosts, else started when not running
-(supervision on deploy only there; see glmfleet/monitor.py).
+(supervision on deploy only there; see glmfleet/service/monitor.py).
 How the rollout is gated inside pyinfra's execution: glmfleet/ops/service.py.
 """
 
 from pyinfra import host
 
 from glmfleet import runctx
-from glmfleet.ops import service as ops
+from glmfleet.service import ops
 
 
 def run() -> None:

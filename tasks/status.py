@@ -8,7 +8,7 @@ non-zero when a host is not serving the pinned revision. Nothing on the hosts ch
 
 from pyinfra import host
 
-from glmfleet.ops.service import record_status
+from glmfleet.service.ops import record_status
 
 # The real State and Host objects (pyinfra's module-level names are context proxies).
 record_status(host.state, host.state.inventory.get_host(host.name))

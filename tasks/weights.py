@@ -1,11 +1,11 @@
 """Stage 'weights': the checkpoint on every host, verified against the Hub's hashes.
 
-Host side: glmfleet/hostside/weights.py (verify / download / status; detached jobs with a
+Host side: glmfleet/weights/hostside/weights.py (verify / download / status; detached jobs with a
 lock, a state file and a log). Controller side: glmfleet/ops/weights.py. On the host:
 
     <weights_tool_dir>/bin/weights.py        the host-side script
     <weights_tool_dir>/pylib/<digest>/       huggingface_hub & co. shipped from the controller
-                                              (glmfleet/hostbundle.py), used via PYTHONPATH
+                                              (glmfleet/weights/hostbundle.py), used via PYTHONPATH
     <weights_tool_dir>/secrets/hf-token      the HF token, 0600 in a 0700 dir, only while a
                                               download starts
     <weights_dir>/.glmfleet/manifest.json    the Hub's file list at model_revision
@@ -19,12 +19,12 @@ checkpoint fetches from the Hub, the others get copies over SSH and hash every f
 from pyinfra import state
 
 from glmfleet import runctx
-from glmfleet.ops import weights as ops
+from glmfleet.weights import ops
 
 
 def run() -> None:
     s = runctx.settings()
-    manifest, error = runctx.manifest(state, s)
+    manifest, error = ops.manifest_for_run(state, s)
     if manifest is None:
         reason = str(error) if error else "model_revision is not set: nothing to download"
         ops.fail(f"no manifest for {s.model_repo}@{s.model_revision}: {reason}",

@@ -18,7 +18,7 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from glmfleet.docker_plan import parse_gpg_colons, parse_nvidia_smi_list
+from glmfleet.docker.plan import parse_gpg_colons, parse_nvidia_smi_list
 
 # dockerd finds runtimes and the NVIDIA hook through PATH; use the same one everywhere.
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -3,7 +3,7 @@
 Every operation decides at execution time from live facts (pyinfra 3 re-runs an operation's
 body when it executes), so each one sees what the earlier ones did and a re-run with nothing
 to do yields no command: zero changes, zero restarts. The decisions themselves are pure
-functions in glmfleet.docker_plan.
+functions in glmfleet.docker.plan.
 
 Files are written atomically (upload to a temp name beside the target, then rename), so an
 interrupted run never leaves half a file where a good one was.
@@ -29,12 +29,12 @@ from pyinfra.api import StringCommand, operation
 from pyinfra.facts.apt import noninteractive_apt
 
 from glmfleet import runctx
-from glmfleet.ops.upload import atomic_upload
-from glmfleet.docker_plan import (DAEMON_JSON, AptRepo, PlanError, cdi_decision, compare_gpus,
+from glmfleet.upload import atomic_upload
+from glmfleet.docker.plan import (DAEMON_JSON, AptRepo, PlanError, cdi_decision, compare_gpus,
                                   installed_key_ok, key_problem, key_refusal, merge_daemon_config,
                                   nvidia_runtime_configured, package_name, packages_to_install,
                                   parse_daemon_json, render_daemon_json)
-from glmfleet.facts.docker import (APPLIED_STAMP, CDI_SPEC, CdiSpec, DaemonJson, DockerService,
+from glmfleet.docker.facts import (APPLIED_STAMP, CDI_SPEC, CdiSpec, DaemonJson, DockerService,
                                    DownloadedKey, FileDigest, GpuContainerCheck, InstalledPackages,
                                    KeyringFile, NvidiaDriver)
 

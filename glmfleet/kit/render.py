@@ -6,8 +6,7 @@ place under `settings.service_dir` and for the tests to run. Templates and scrip
 and read their values from the .env at run time, so an operator can edit the .env by hand
 exactly as the recipe says (`DCP_SIZE=1`, `MAX_MODEL_LEN=131072`, `ENABLE_THINKING=0 ./launch.sh`).
 
-By hand, without pyinfra: `python -m glmfleet.recipe OUT_DIR [key=value ...]` renders the kit
-from group_data/all.py (plus overrides) into OUT_DIR.
+By hand, without pyinfra: `python -m glmfleet.service.kit_by_hand OUT_DIR [key=value ...]`.
 """
 
 from __future__ import annotations
@@ -16,14 +15,13 @@ import hashlib
 import json
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import jinja2
 
-from glmfleet.index_pattern import check_pattern
+from glmfleet.kit.index_pattern import check_pattern
 from glmfleet.settings import REPO_ROOT, Settings
 
 FILES_DIR = REPO_ROOT / "files"
@@ -173,43 +171,3 @@ def write_kit(root: str | os.PathLike, files: Mapping[str, tuple[str, int]]) -> 
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def main(argv: list[str]) -> int:
-    from glmfleet.index_pattern import derive
-    from glmfleet.settings import SettingsError, load_defaults, validate
-
-    if not argv or argv[0].startswith("-"):
-        print("usage: python -m glmfleet.recipe OUT_DIR [key=value ...]", file=sys.stderr)
-        return 2
-    data = load_defaults()
-    for item in argv[1:]:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"not key=value: {item!r}", file=sys.stderr)
-            return 2
-        data[key] = value
-    # The kit never uses the pinned revision (weights are the deploy's job); settings want one.
-    if data.get("model_revision") is None and not data.get("preflight_only"):
-        data["model_revision"] = "0" * 40
-    try:
-        settings = validate("local", data)
-        from glmfleet.apikey import resolve
-
-        resolved, notes = resolve({"local": settings})  # api_key=generate: the stored key
-        settings = resolved["local"]
-        for note in notes:
-            print(note, file=sys.stderr)
-        config_path = Path(settings.weights_dir) / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else None
-        pattern, _ = derive(config, settings.index_topk_pattern)
-        write_kit(argv[0], render_kit(settings, pattern))
-    except (SettingsError, KitError, ValueError) as e:  # ApiKeyError is a ValueError
-        print(e, file=sys.stderr)
-        return 1
-    print(f"kit written to {argv[0]} (then: cd {argv[0]} && ./launch.sh)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

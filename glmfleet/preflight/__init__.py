@@ -1,17 +1,17 @@
-"""pyinfra facts of a GPU host for preflight (gather here; glmfleet.checks decides).
+"""pyinfra facts of a GPU host for preflight (gather here; glmfleet.preflight.checks decides).
 
 Two SSH commands per host: HostFacts (one sh script) and GpuProbe (python3 reading the
 NVML probe from stdin). Both always succeed and return dicts; failures are inside them.
 
-    from glmfleet.facts import gather_preflight_facts
+    from glmfleet.preflight import gather_preflight_facts
     facts = gather_preflight_facts(host, settings)   # {"gpu": {...}, "host": {...}}
-    checks = glmfleet.checks.run_checks(facts["gpu"], facts["host"], settings)
+    checks = glmfleet.preflight.checks.run_checks(facts["gpu"], facts["host"], settings)
 """
 
 from __future__ import annotations
 
-from glmfleet.facts.gpu import GpuProbe, parse_probe_output, probe_stdin
-from glmfleet.facts.host import HostFacts, parse_host_facts
+from glmfleet.preflight.gpu import GpuProbe, parse_probe_output, probe_stdin
+from glmfleet.preflight.host import HostFacts, parse_host_facts
 
 __all__ = ["GpuProbe", "HostFacts", "gather_preflight_facts", "parse_host_facts",
            "parse_probe_output", "probe_stdin"]

@@ -1,7 +1,7 @@
 """Preflight checks (pure: no pyinfra import): facts + settings -> a list of Check.
 
-Inputs are the parsed GPU probe (glmfleet.facts.gpu.parse_probe_output), the parsed host
-facts (glmfleet.facts.host.parse_host_facts) and the host's Settings. Every requirement
+Inputs are the parsed GPU probe (glmfleet.preflight.gpu.parse_probe_output), the parsed host
+facts (glmfleet.preflight.host.parse_host_facts) and the host's Settings. Every requirement
 comes from Settings, so another GPU model is targeted by changing data, not code.
 A FAIL drops the host before anything changes; a WARN is reported and the deploy goes on.
 """
@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 from typing import Any, Iterable, Mapping
 
-from glmfleet import cuda
+from glmfleet.preflight import cuda
 from glmfleet.settings import DCP1_MAX_MODEL_LEN, Settings
 
 GIB = 2**30

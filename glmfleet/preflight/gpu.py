@@ -1,10 +1,10 @@
 """GPU facts: run the NVML probe on the host with the controller's own nvidia-ml-py.
 
-The host needs only python3 and the NVIDIA driver: the probe (glmfleet/hostside/gpu_probe.py)
+The host needs only python3 and the NVIDIA driver: the probe (glmfleet/preflight/gpu_probe.py)
 and the pure-python pynvml module travel on the command's stdin, so nothing is installed and
 nothing is written on the host. One SSH command per host.
 
-    from glmfleet.facts.gpu import GpuProbe, probe_stdin
+    from glmfleet.preflight.gpu import GpuProbe, probe_stdin
     gpu = host.get_fact(GpuProbe, _stdin=probe_stdin())
 
 The parsing is pure (`parse_probe_output`) and tested on recorded outputs.
@@ -23,7 +23,7 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-PROBE_FILE = Path(__file__).resolve().parent.parent / "hostside" / "gpu_probe.py"
+PROBE_FILE = Path(__file__).resolve().parent / "gpu_probe.py"
 PROBE_TIMEOUT_S = 120  # NVML can hang on a GPU that fell off the bus; never hang the deploy
 
 REMEDY_PYTHON = ("install python3 on the host (apt-get install -y python3): the GPU probe runs "

@@ -3,7 +3,7 @@
 Works on a bare Debian minbase (no python3, no ss, no lspci, no docker): every probe is
 guarded and an absent tool gives an absent value, never an error.
 
-    from glmfleet.facts.host import HostFacts
+    from glmfleet.preflight.host import HostFacts
     facts = host.get_fact(HostFacts, weights_dir=settings.weights_dir, port=settings.port)
 
 `parse_host_facts` (pure) turns the output into the dict described in its docstring.

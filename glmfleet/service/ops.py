@@ -50,11 +50,11 @@ import gevent
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 
-from glmfleet import monitor as mon
+from glmfleet.service import monitor as mon
 from glmfleet import runctx
-from glmfleet import service as svc
-from glmfleet.index_pattern import derive
-from glmfleet.recipe import KitError, render_kit
+from glmfleet.service import plan as svc
+from glmfleet.kit.index_pattern import derive
+from glmfleet.kit.render import KitError, render_kit
 from glmfleet.settings import Settings
 
 STAGE = "service"
@@ -545,12 +545,12 @@ class ServiceStatusFacts(FactBase):
 
     def command(self, service_dir: str, weights_dir: str, image: str, service_name: str,
                 kit_paths: tuple) -> str:
-        from glmfleet.status import status_command
+        from glmfleet.service.status import status_command
 
         return status_command(service_dir, weights_dir, image, service_name, kit_paths)
 
     def process(self, output):
-        from glmfleet.status import parse_status
+        from glmfleet.service.status import parse_status
 
         return parse_status(output)
 
@@ -561,7 +561,7 @@ def record_status(state, h) -> None:
     so the run's exit status says whether the whole fleet serves the pinned revision."""
     from pyinfra.api.exceptions import PyinfraError
 
-    from glmfleet.status import status_row, status_table
+    from glmfleet.service.status import status_row, status_table
 
     s = runctx.settings(state, h)
     probe = render_kit(s, derive(None, s.index_topk_pattern)[0])
@@ -603,7 +603,7 @@ def _fleet_harness(state, suite: str, rows: dict) -> set[str]:
     from gevent.pool import Pool
 
     from glmfleet.settings import REPO_ROOT
-    from glmfleet.status import base_url, harness_argv, harness_row, harness_table
+    from glmfleet.service.status import base_url, harness_argv, harness_row, harness_table
 
     def one(h):
         s = runctx.settings(state, h)

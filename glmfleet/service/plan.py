@@ -24,15 +24,15 @@ import posixpath
 import re
 from typing import Any, Iterable, Mapping
 
-from glmfleet.index_pattern import skip_count
-from glmfleet.recipe import runtime_fingerprint
+from glmfleet.kit.index_pattern import skip_count
+from glmfleet.kit.render import runtime_fingerprint
 from glmfleet.report import clip, short_image
 
 STATE_DIR = ".glmfleet"
 APPLIED = f"{STATE_DIR}/applied.json"
 LAST_GOOD = f"{STATE_DIR}/last-good"
 STAGING = f"{STATE_DIR}/staging"
-# Written by the weights stage (glmfleet/hostside/weights.py) only when every file matched
+# Written by the weights stage (glmfleet/weights/hostside/weights.py) only when every file matched
 # the manifest of the pinned revision; its content is that revision.
 WEIGHTS_MARKER = ".glmfleet/VERIFIED"
 # A site's own compose override, merged by `docker compose` / `docker-compose` when present.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from glmfleet import service as svc
+from glmfleet.service import plan as svc
 from glmfleet.report import short_image
 
 

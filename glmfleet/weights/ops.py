@@ -1,12 +1,12 @@
 """pyinfra side of stage 'weights': one fact, five operations, and the long-running steps.
 
-The work itself is glmfleet/hostside/weights.py, run ON the host as a detached job (lock,
+The work itself is glmfleet/weights/hostside/weights.py, run ON the host as a detached job (lock,
 state.json, log), so a 313 GB download survives the SSH session and the controller. Here we:
 
 1. put weights.py and the manifest on the host (idempotent by sha256);
 2. look at the host with one read-only command (WeightsHostState: a stat-only check against
    the hash cache; it starts nothing, so --dry is safe) and, when a download may be needed,
-   install the Python packages it needs from the controller (glmfleet/hostbundle.py);
+   install the Python packages it needs from the controller (glmfleet/weights/hostbundle.py);
 3. start `download --detach` (or attach to a job already running: exit 3 / the fact says
    so) and poll `status --wait N` until it ends, logging bytes, rate and ETA per host;
 4. with weights_fanout, only one host (the seed) fetches from the Hub; the first verified
@@ -19,7 +19,7 @@ state.json, log), so a 313 GB download survives the SSH session and the controll
    default of finishing each operation on every host before the next (with --serial or
    --no-wait the result is still verified weights, but receivers may go to the Hub).
 
-Decisions are pure functions in glmfleet.weights_plan. Operations decide at execution time
+Decisions are pure functions in glmfleet.weights.plan. Operations decide at execution time
 from live facts (pyinfra 3 runs an operation's body again when it executes); the long
 steps are FunctionCommands (state, host) that return False after recording a FAIL with the
 reason, so pyinfra drops the host and the fleet summary says why.
@@ -33,6 +33,7 @@ detaches). Never in a command line, an operation argument, a fact, a diff or a l
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import shlex
 import time
@@ -43,15 +44,51 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 from pyinfra.api.exceptions import PyinfraError
 
-from glmfleet import hostbundle, runctx
-from glmfleet.ops.upload import atomic_upload
-from glmfleet import weights_plan as plan
-from glmfleet.hostside.weights import EXIT_BUSY, EXIT_OK, human_bytes
-from glmfleet.manifest import dumps as manifest_text
+from glmfleet import runctx
+from glmfleet.settings import Settings
+from glmfleet.weights import hostbundle
+from glmfleet.upload import atomic_upload
+from glmfleet.weights import plan
+from glmfleet.weights.hostside.weights import EXIT_BUSY, EXIT_OK, human_bytes
+from glmfleet.weights.manifest import ManifestError, fetch_manifest
+from glmfleet.weights.manifest import dumps as manifest_text
 
 STAGE = "weights"
-SCRIPT = Path(__file__).resolve().parent.parent / "hostside" / "weights.py"
+SCRIPT = Path(__file__).resolve().parent / "hostside" / "weights.py"
 q = shlex.quote
+
+# ---- the manifest and the token (read on the controller) -------------------------------------
+
+def hf_token(s: Settings) -> str | None:
+    """The HF token: settings' hf_token_file, else $HF_TOKEN; never printed or logged."""
+    if s.hf_token_file:
+        path = os.path.expanduser(s.hf_token_file)
+        try:
+            with open(path) as f:
+                return f.read().strip() or None
+        except OSError as e:
+            raise PyinfraError(f"hf_token_file {path!r} cannot be read ({e.strerror}): "
+                               "fix the path or its permissions, or unset it") from None
+    return os.environ.get("HF_TOKEN") or None
+
+
+def manifest_for_run(state, s: Settings):
+    """(manifest, error) for the pinned revision, fetched once per run on the controller.
+
+    Greenlets sharing a key do not race: the fetch blocks the (unpatched) event loop, so the
+    first caller fills the cache before any other host's preflight resumes."""
+    if s.model_revision is None:
+        return None, None
+    key = (s.model_repo, s.model_revision, s.hf_endpoint, s.hf_token_file)
+    cache = runctx.per_run(state, "weights.manifests", lambda _state: {})
+    if key not in cache:
+        try:
+            cache[key] = (fetch_manifest(s.model_repo, s.model_revision, s.hf_endpoint,
+                                          hf_token(s)), None)
+        except ManifestError as e:
+            cache[key] = (None, e)
+    return cache[key]
+
 
 # ---- the fact --------------------------------------------------------------------------------
 
@@ -246,7 +283,7 @@ class _Job:
         env = {}
         if command == "download":
             try:
-                token = runctx.hf_token(self.s)
+                token = hf_token(self.s)
             except PyinfraError as e:
                 raise _JobFailed(str(e)) from None
             try:

@@ -2,7 +2,7 @@
 
 - where our things live on a host (tool dir, shipped packages, the transient token file);
 - whether a host's weights stand verified from a stat-only look (the WeightsHostState fact);
-- the shell commands that run glmfleet/hostside/weights.py (quoted; never holding a secret);
+- the shell commands that run glmfleet/weights/hostside/weights.py (quoted; never holding a secret);
 - fan-out roles: which host fetches from the Hub (the seed), which one serves the others
   (the source), and which files each receiver still needs;
 - one-line progress and outcome texts for the log and the fleet summary.
@@ -16,7 +16,7 @@ import posixpath
 import shlex
 from typing import Iterable, Mapping
 
-from glmfleet.hostside.weights import EXIT_BUSY, STATE_DIR_NAME, human_bytes
+from glmfleet.weights.hostside.weights import EXIT_BUSY, STATE_DIR_NAME, human_bytes
 
 q = shlex.quote
 

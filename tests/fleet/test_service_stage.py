@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from glmfleet.index_pattern import DEFAULT_PATTERN
+from glmfleet.kit.index_pattern import DEFAULT_PATTERN
 from glmfleet.settings import load_defaults
 from testbed.doubles.serving import image as serving_image
 

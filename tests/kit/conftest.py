@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from glmfleet.index_pattern import derive
-from glmfleet.recipe import render_kit, write_kit
+from glmfleet.kit.index_pattern import derive
+from glmfleet.kit.render import render_kit, write_kit
 from glmfleet.settings import load_defaults, validate
 
 HERE = Path(__file__).resolve().parent

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from glmfleet.recipe import STATIC_FILES
+from glmfleet.kit.render import STATIC_FILES
 
 
 def _load(path: Path, name: str):
@@ -188,7 +188,7 @@ def test_monitor_keeps_peaks_across_reattach_and_restart(make_kit):
 
 
 def test_monitor_under_its_systemd_unit_waits_then_takes_over(make_kit):
-    """GLMFLEET_MONITOR_UNIT=1 (set by the unit, glmfleet/monitor.py): a second instance waits
+    """GLMFLEET_MONITOR_UNIT=1 (set by the unit, glmfleet/service/monitor.py): a second instance waits
     for the lock instead of exiting (no restart loop), and takes over when the first ends."""
     kit = make_kit()
     kit.start_monitor(LOG_CMD="exec sleep 600")

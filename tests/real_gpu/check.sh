@@ -17,7 +17,7 @@ nvidia-smi | sed -n 1,4p
 head -1 /proc/driver/nvidia/version
 
 echo "=== 2. NVML probe, as the deploy runs it (python3 - with pynvml on stdin)"
-"$py" -c 'import sys; from glmfleet.facts.gpu import build_probe_script as b; sys.stdout.write(b())' \
+"$py" -c 'import sys; from glmfleet.preflight.gpu import build_probe_script as b; sys.stdout.write(b())' \
     | "$py" - | "$py" -m json.tool
 
 echo "=== 3. preflight with this project's requirements (4x RTX PRO 6000, CUDA 13.2)"

@@ -9,7 +9,7 @@ Runs ON the host, copied there by the deploy, as one self-contained script:
     python3 weights.py status   --dir D [--wait SECONDS]
     (all take --state-dir S; default D/.glmfleet)
 
-The manifest (made on the controller by glmfleet/manifest.py from the Hub's own listing at
+The manifest (made on the controller by glmfleet/weights/manifest.py from the Hub's own listing at
 the pinned commit) names every file with its size and expected hash: sha256 for LFS files,
 the git blob sha1 (`blob <len>\\0` + content) for the others. Verification trusts nothing
 but those hashes: the Hub client checks only sizes, and in local_dir mode it skips a file
@@ -495,7 +495,7 @@ def load_manifest(path: str) -> dict:
         with open(path) as f:
             m = json.load(f)
     except FileNotFoundError:
-        raise UsageError(f"manifest {path} does not exist: the deploy writes it (glmfleet/manifest.py "
+        raise UsageError(f"manifest {path} does not exist: the deploy writes it (glmfleet/weights/manifest.py "
                          "fetch_manifest) before calling this script") from None
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read manifest {path}: {e}") from None

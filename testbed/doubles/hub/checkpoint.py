@@ -20,7 +20,7 @@ from pathlib import Path
 
 NUM_LAYERS = 78  # decoder layers of GLM-5.2; layer 78 is the MTP layer, stored after them
 FIRST_DENSE = 3  # layers 0-2 are dense, the rest MoE
-# The recipe's validated index pattern (glmfleet/index_pattern.py): FFF, SSS, then FSSS x 18.
+# The recipe's validated index pattern (glmfleet/kit/index_pattern.py): FFF, SSS, then FSSS x 18.
 INDEX_PATTERN = "FFF" + "SSS" + "FSSS" * 18
 assert len(INDEX_PATTERN) == NUM_LAYERS
 
@@ -94,7 +94,7 @@ def scan(root: str | os.PathLike) -> dict:
 
 
 def indexer_types() -> list[str]:
-    """config.json's per-layer list, spelled the way glmfleet.index_pattern reads it."""
+    """config.json's per-layer list, spelled the way glmfleet.kit.index_pattern reads it."""
     return ["full" if c == "F" else "shared" for c in INDEX_PATTERN]
 
 

@@ -6,7 +6,7 @@ prints the library path; with --profile also writes OUT_DIR/<profile>.conf and
 OUT_DIR/<profile>.version. Then, for example:
 
     LD_LIBRARY_PATH=OUT_DIR FAKE_NVML_CONFIG=OUT_DIR/rtx6000x4.conf \
-        GLMFLEET_NVIDIA_VERSION_FILE=OUT_DIR/rtx6000x4.version python3 glmfleet/hostside/gpu_probe.py
+        GLMFLEET_NVIDIA_VERSION_FILE=OUT_DIR/rtx6000x4.version python3 glmfleet/preflight/gpu_probe.py
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PY_DIRS = ["glmfleet", "tasks", "testbed", "tests", "bench", "files", "deploy.py", "config.py",
            "inventory", "group_data"]
 SCRIPTS = ["deploy.sh", "test.sh", ".ci/run", "testbed/setup.sh", "tests/real_gpu/check.sh"]

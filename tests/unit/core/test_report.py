@@ -1,6 +1,6 @@
 """The readiness table and the fleet summary (pure)."""
 
-from glmfleet.checks import Check
+from glmfleet.preflight.checks import Check
 from glmfleet.report import as_json, details, readiness_table, summary_table
 
 STAGES = ["preflight", "docker", "nvidia_toolkit", "weights", "service"]

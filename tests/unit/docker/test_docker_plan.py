@@ -1,4 +1,4 @@
-"""The Docker / NVIDIA Container Toolkit decisions (glmfleet.docker_plan), on recorded facts.
+"""The Docker / NVIDIA Container Toolkit decisions (glmfleet.docker.plan), on recorded facts.
 
 Fact outputs below are what glmfleet/facts/docker.py's commands printed:
 - UBUNTU_2404: recorded on a real Ubuntu 24.04.3 GPU host (1x H100, no Docker yet).
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from glmfleet import docker_plan as plan
-from glmfleet.facts.docker import parse_docker_host_facts, parse_docker_service, parse_keyring_file
+from glmfleet.docker import plan
+from glmfleet.docker.facts import parse_docker_host_facts, parse_docker_service, parse_keyring_file
 from glmfleet.settings import SettingsError, load_defaults, validate
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NVIDIA_CTK_STANDIN = REPO / "testbed/doubles/aptrepo/standins/nvidia-ctk"
 
 UBUNTU_2404 = """\

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 VENV_BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
@@ -40,7 +40,7 @@ except ImportError:
     make_checkpoint, scan = _mod.make_checkpoint, _mod.scan
     SERVER_CMD = [sys.executable, str(_dir / "server.py")]
 
-from glmfleet.index_pattern import DEFAULT_PATTERN, derive  # noqa: E402
+from glmfleet.kit.index_pattern import DEFAULT_PATTERN, derive  # noqa: E402
 
 REPO = "0xSero/GLM-5.2-NVFP4-REAP-469B"
 SHARDS = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]

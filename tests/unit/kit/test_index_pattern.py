@@ -1,6 +1,6 @@
 import pytest
 
-from glmfleet.index_pattern import DEFAULT_PATTERN, check_pattern, derive, skip_count
+from glmfleet.kit.index_pattern import DEFAULT_PATTERN, check_pattern, derive, skip_count
 
 
 def test_default_is_the_recipes_validated_pattern():

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glmfleet.index_pattern import DEFAULT_PATTERN, derive
-from glmfleet.recipe import (RESTART_ON_CHANGE, STATIC_FILES, KitError, env_values, main as recipe_main,
+from glmfleet.kit.index_pattern import DEFAULT_PATTERN, derive
+from glmfleet.service.kit_by_hand import main as recipe_main
+from glmfleet.kit.render import (RESTART_ON_CHANGE, STATIC_FILES, KitError, env_values,
                              render_kit, runtime_fingerprint, write_kit)
 from glmfleet.settings import SettingsError, load_defaults, validate
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 IMAGE = ("voipmonitor/vllm:black-benediction-b12xpr11-vllmbb6c5b7-b12xd90d89c-fi3395b41aa8d-"
          "dg324aced12c-cu132-20260608")
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from glmfleet import checks, cuda
-from glmfleet.checks import Check, run_checks
-from glmfleet.facts.gpu import parse_probe_output
-from glmfleet.facts.host import HostFacts, host_facts_command, parse_host_facts, proc_net_address
+from glmfleet.preflight import checks, cuda
+from glmfleet.preflight.checks import Check, run_checks
+from glmfleet.preflight.gpu import parse_probe_output
+from glmfleet.preflight.host import HostFacts, host_facts_command, parse_host_facts, proc_net_address
 from glmfleet.settings import load_defaults, validate
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 GIB = 2**30
 OUR_ID = "4f1c2a9be0d8e7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2918070605040302010ff"
 
@@ -423,17 +423,17 @@ def test_real_1x_h100_probe_output_is_refused_then_passes_with_matching_requirem
     import json
     from pathlib import Path
 
-    from glmfleet.checks import run_checks as run, verdict as verdict_of
-    from glmfleet.facts.gpu import parse_probe_output
+    from glmfleet.preflight.checks import run_checks as run, verdict as verdict_of
+    from glmfleet.preflight.gpu import parse_probe_output
     from glmfleet.settings import load_defaults, validate
 
-    raw = (Path(__file__).parent / "data" / "probe-real-1x-h100.json").read_text()
+    raw = (Path(__file__).parent.parent / "data" / "probe-real-1x-h100.json").read_text()
     gpu = parse_probe_output(json.dumps(json.loads(raw)))
     assert gpu["ok"] and gpu["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
     assert gpu["gpus"][0]["mem_total"] == 81559 * 2**20  # nvidia-smi: 81559 MiB
-    from glmfleet.facts.host import parse_host_facts
+    from glmfleet.preflight.host import parse_host_facts
 
-    host = parse_host_facts((Path(__file__).parent / "data" / "host-ubuntu2404.txt").read_text())
+    host = parse_host_facts((Path(__file__).parent.parent / "data" / "host-ubuntu2404.txt").read_text())
     host.update(weights_fs_free_bytes=10**15, port_listeners=[])
     strict = validate("h100", dict(load_defaults(), preflight_only=True))
     failed = {c.name for c in run(gpu, host, strict) if c.status == "FAIL"}

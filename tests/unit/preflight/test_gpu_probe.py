@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from glmfleet import checks
-from glmfleet.facts import gpu as gpu_fact
-from glmfleet.facts.gpu import parse_probe_output, probe_command, probe_stdin
+from glmfleet.preflight import checks
+from glmfleet.preflight import gpu as gpu_fact
+from glmfleet.preflight.gpu import parse_probe_output, probe_command, probe_stdin
 from glmfleet.settings import load_defaults, validate
 from testbed.doubles import nvml as fake
 
-DATA = Path(__file__).parent / "data"
-PROBE = Path(gpu_fact.__file__).resolve().parent.parent / "hostside" / "gpu_probe.py"
+DATA = Path(__file__).parent.parent / "data"
+PROBE = Path(gpu_fact.__file__).resolve().parent / "gpu_probe.py"
 
 
 @pytest.fixture(scope="module")

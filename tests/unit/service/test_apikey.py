@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from glmfleet import apikey
+from glmfleet.service import apikey
 from glmfleet.settings import SettingsError, load_defaults, validate
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -68,8 +68,8 @@ def test_loose_mode_is_tightened_and_a_bad_file_is_an_error(tmp_path):
 
 
 def test_kit_gets_the_resolved_key(tmp_path):
-    from glmfleet.index_pattern import DEFAULT_PATTERN
-    from glmfleet.recipe import render_kit
+    from glmfleet.kit.index_pattern import DEFAULT_PATTERN
+    from glmfleet.kit.render import render_kit
 
     path = tmp_path / "k"
     resolved, _ = apikey.resolve({"a": settings(api_key="generate", api_key_file=str(path))})
@@ -78,7 +78,8 @@ def test_kit_gets_the_resolved_key(tmp_path):
 
 
 def test_run_settings_hold_the_resolved_key_and_name_only_the_file(tmp_path):
-    """runctx.validate_inventory (what every stage reads) resolves it, once per run. In a
+    """runctx.validate_inventory (what every stage reads) resolves it, once per run, with
+    the resolver handed in as config.py does. In a
     subprocess: importing runctx imports pyinfra_cli, which monkey-patches with gevent."""
     import subprocess
     import sys
@@ -89,10 +90,15 @@ def test_run_settings_hold_the_resolved_key_and_name_only_the_file(tmp_path):
     code = f"""
 from types import SimpleNamespace
 from glmfleet import runctx
+from glmfleet.service.apikey import resolve
 from glmfleet.settings import load_defaults
 data = {{**load_defaults(), "model_revision": {REV!r}, "api_key": "generate", "api_key_file": {str(path)!r}}}
 hosts = [SimpleNamespace(name=n, data=SimpleNamespace(dict=lambda: data)) for n in ("a", "b")]
-got = runctx.validate_inventory(SimpleNamespace(inventory=hosts, is_host_in_limit=lambda h: True))
+state = SimpleNamespace(inventory=hosts, is_host_in_limit=lambda h: True, init=lambda: None,
+                        add_callback_handler=lambda handler: None)
+runctx.install_callbacks(state, settings_hooks=[resolve])  # as config.py does
+state.init()
+got = runctx.validate_inventory(state)
 print(got["a"].api_key == got["b"].api_key == open({str(path)!r}).read().strip())
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,

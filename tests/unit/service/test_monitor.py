@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from glmfleet import monitor as mon
+from glmfleet.service import monitor as mon
 
 SD, NAME = "/opt/glm52", "glm52-vllm"
 UNIT = mon.render_unit(SD, NAME)

@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from glmfleet import service as svc
-from glmfleet.index_pattern import DEFAULT_PATTERN
-from glmfleet.recipe import render_kit
+from glmfleet.service import plan as svc
+from glmfleet.kit.index_pattern import DEFAULT_PATTERN
+from glmfleet.kit.render import render_kit
 from glmfleet.settings import load_defaults, validate
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -175,7 +175,7 @@ def test_endpoint():
 
 def test_fact_command_on_a_local_kit(tmp_path):
     """The real fact command (sh) against a kit written to disk here; docker may be absent."""
-    from glmfleet.recipe import write_kit
+    from glmfleet.kit.render import write_kit
 
     files = kit(api_key="sk-secret-value-1")
     sd, wd = tmp_path / "kit", tmp_path / "weights"
@@ -319,7 +319,7 @@ def test_rollout_table():
 
 # --- read-only status and the fleet harness table ---------------------------------------------
 
-from glmfleet import status as st  # noqa: E402
+from glmfleet.service import status as st  # noqa: E402
 
 
 def _status_facts(files, applied, running=True, probe_rc="0", restarts="0"):

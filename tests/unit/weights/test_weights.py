@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-SCRIPT = ROOT / "glmfleet" / "hostside" / "weights.py"
+SCRIPT = ROOT / "glmfleet" / "weights" / "hostside" / "weights.py"
 
 try:
     from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
@@ -37,8 +37,8 @@ except ImportError:  # testbed/__init__.py is someone else's, possibly mid-edit:
     DEFAULT_REPO_ID, DEFAULT_REVISION = _hub.DEFAULT_REPO_ID, _hub.DEFAULT_REVISION
     HubDouble, make_checkpoint = _hub.HubDouble, _hub.make_checkpoint
 
-from glmfleet import manifest as M  # noqa: E402
-from glmfleet.hostside import weights as W  # noqa: E402
+from glmfleet.weights import manifest as M  # noqa: E402
+from glmfleet.weights.hostside import weights as W  # noqa: E402
 
 SHARDS = [f"model-0000{i}-of-00004.safetensors" for i in (1, 2, 3, 4)]
 SHARD_BYTES = 384 * 1024

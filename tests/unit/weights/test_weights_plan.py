@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from glmfleet import hostbundle as hb  # noqa: E402
-from glmfleet import manifest as M  # noqa: E402
-from glmfleet import weights_plan as P  # noqa: E402
+from glmfleet.weights import hostbundle as hb  # noqa: E402
+from glmfleet.weights import manifest as M  # noqa: E402
+from glmfleet.weights import plan as P  # noqa: E402
 
 REV = "13b78e74ba3652cfbbcdc59ae70dbb2687403126"
 PATHS = P.HostPaths("/opt/glm fleet", "/mnt/w/GLM")  # a space: quoting must hold
@@ -263,7 +263,7 @@ def host_like(tmp_path):
 
     tool, wd = tmp_path / "tool", tmp_path / "weights"
     (tool / "bin").mkdir(parents=True)
-    shutil.copy(ROOT / "glmfleet" / "hostside" / "weights.py", tool / "bin" / "weights.py")
+    shutil.copy(ROOT / "glmfleet" / "weights" / "hostside" / "weights.py", tool / "bin" / "weights.py")
     make_checkpoint(wd, shards=2, shard_bytes=64 * 1024, seed=1)
     manifest = M.build_manifest(DEFAULT_REPO_ID, REV, _scan(wd))
     (wd / ".glmfleet").mkdir()

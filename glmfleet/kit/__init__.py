@@ -1,0 +1,1 @@
+"""The box kit (files/ rendered from settings) and the index pattern: pure, shared by stages."""
