@@ -8,10 +8,10 @@ listing for the expected hashes), then times on the same files in one run:
   read     `cat` of every file: the sequential read rate, once with the files evicted from
            the page cache (the disk) and on a warm cache (memory bandwidth, the ceiling for
            every warm pass below)
-  ours     `weights.py verify` with an empty hash cache (reads and hashes every byte)
+  ours     `weights.pyz verify` with an empty hash cache (reads and hashes every byte)
   hf       `hf cache verify REPO --local-dir D --revision R` (huggingface_hub's own, one core)
   sha256sum  coreutils, one core
-  cached   `weights.py verify` again with the hash cache from the previous run
+  cached   `weights.pyz verify` again with the hash cache from the previous run
 
 Every measured pass runs on a warm page cache (one warm-up read first), each 3 times; the
 median is reported. Our peak RSS comes from wait4() on our process. The ratio to
@@ -36,7 +36,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-WEIGHTS = ROOT / "glmfleet" / "weights" / "hostside" / "weights.py"
 # huggingface_hub's CLI: beside this Python (a venv), else on PATH.
 HF_CLI = Path(sys.executable).parent / "hf"
 if not HF_CLI.exists() and shutil.which("hf"):
@@ -148,6 +147,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     a = ap.parse_args()
 
+    from glmfleet.weights import toolapp
     from glmfleet.weights.manifest import dumps, fetch_manifest
     from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble
 
@@ -169,7 +169,9 @@ def main() -> int:
             hf_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
             hf_env.update(HF_ENDPOINT=hub.url, HF_HOME=str(work / "hf-home"),
                           HF_HUB_DISABLE_UPDATE_CHECK="1", HF_HUB_DISABLE_TELEMETRY="1")
-            ours_cmd = [sys.executable, str(WEIGHTS), "verify", "--dir", str(d),
+            tool = work / "weights.pyz"  # what a host runs: the zip application
+            tool.write_bytes(toolapp.build(directory=work / "tool-cache").data)
+            ours_cmd = [sys.executable, str(tool), "verify", "--dir", str(d),
                         "--state-dir", str(state), "--manifest", str(manifest_path)]
             hf_cmd = [str(HF_CLI), "cache", "verify", DEFAULT_REPO_ID, "--local-dir", str(d),
                       "--revision", DEFAULT_REVISION]
@@ -231,7 +233,7 @@ def main() -> int:
         print(f"  memory read, warm (cat)                   {rate(total, warm_s)}  {warm_s:7.3f} s")
         print(f"  sha256sum (1 core)                        {rate(total, sha_s)}  {sha_s:7.3f} s")
         print(f"  hf cache verify (1 core)                  {rate(total, hf_s)}  {hf_s:7.3f} s")
-        print(f"  ours, full (weights.py verify, {cores} cores)   {rate(total, ours_s)}  {ours_s:7.3f} s")
+        print(f"  ours, full (weights.pyz verify, {cores} cores)  {rate(total, ours_s)}  {ours_s:7.3f} s")
         print(f"  ours, cached re-run                                   {cached_s:7.3f} s")
         real = 313e9  # the checkpoint this is for: a full pass grows with bytes, a cached one with files
         print(f"\n  peak RSS of our verify: {ours_rss / 2**20:.0f} MiB (goal < 256 MiB)")

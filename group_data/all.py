@@ -72,7 +72,7 @@ docker_log_max_file = 3  # rotated container log files kept
 gpu_check_image = "ubuntu:24.04"  # image for the `docker run --gpus all ... nvidia-smi -L` check; None = skip
 
 # --- Weights --------------------------------------------------------------------------------
-weights_tool_dir = "/opt/glmfleet"  # host dir for weights.py (bin/), its shipped Python packages (pylib/) and the HF token while a download starts (secrets/, 0700)
+weights_tool_dir = "/opt/glmfleet"  # host dir for the weights tool (bin/weights.pyz), its shipped Python packages (pylib/) and the HF token while a download starts (secrets/, 0700)
 weights_parallel_downloads = 8  # files one host fetches at once
 weights_rehash = False  # true: read and hash every byte again on this run (finds bit rot); false: an unchanged file costs one stat
 weights_fanout = False  # true: one host fetches from the Hub, the others copy its verified files over SSH through the controller and verify them

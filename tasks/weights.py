@@ -1,9 +1,10 @@
 """Stage 'weights': the checkpoint on every host, verified against the Hub's hashes.
 
-Host side: glmfleet/weights/hostside/weights.py (verify / download / status; detached jobs with a
-lock, a state file and a log). Controller side: glmfleet/ops/weights.py. On the host:
+Host side: glmfleet/weights/hostside/ (verify / download / status; detached jobs with a lock, a
+state file and a log), shipped as one zip application. Controller side: glmfleet/weights/ops.py.
+On the host:
 
-    <weights_tool_dir>/bin/weights.py        the host-side script
+    <weights_tool_dir>/bin/weights.pyz       the host-side tool (run as `python3 weights.pyz ...`)
     <weights_tool_dir>/pylib/<digest>/       huggingface_hub & co. shipped from the controller
                                               (glmfleet/weights/hostbundle.py), used via PYTHONPATH
     <weights_tool_dir>/secrets/hf-token      the HF token, 0600 in a 0700 dir, only while a
@@ -30,7 +31,7 @@ def run() -> None:
         ops.fail(f"no manifest for {s.model_repo}@{s.model_revision}: {reason}",
                  name="Weights: manifest")
         return
-    ops.tool_and_manifest(s, manifest, name="Weights: weights.py and the manifest")
+    ops.tool_and_manifest(s, manifest, name="Weights: weights.pyz and the manifest")
     ops.check_and_packages(s, manifest, name="Weights: stat-only check (+ Python packages if needed)")
     ops.fetch(s, manifest, name="Weights: download and verify (detached on the host)")
     if s.weights_fanout:

@@ -4,7 +4,7 @@ Controller side. `fetch_manifest` asks the Hub (through huggingface_hub, never h
 HTTP) for every file of the repo with its size and expected hash; the rest is pure logic:
 comparing a manifest with what a host reports, the bytes a host still has to download (for
 the disk-space preflight), and (de)serialisation. The host checks the same JSON with
-glmfleet/weights/hostside/weights.py, which also owns the rules both sides share (manifest
+the host-side tool (glmfleet/weights/hostside/common.py), which also owns the rules both sides share (manifest
 validation, which hash a file is checked by, how Hub errors are explained), so the two never
 disagree.
 
@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
-from glmfleet.weights.hostside.weights import (MANIFEST_FORMAT, expected_hash, hub_error_message,
-                                       manifest_problems)
+from glmfleet.weights.hostside.common import (MANIFEST_FORMAT, expected_hash, hub_error_message,
+                                             manifest_problems)
 
 
 class ManifestError(Exception):

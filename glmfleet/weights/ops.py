@@ -1,9 +1,10 @@
 """pyinfra side of stage 'weights': one fact, five operations, and the long-running steps.
 
-The work itself is glmfleet/weights/hostside/weights.py, run ON the host as a detached job (lock,
-state.json, log), so a 313 GB download survives the SSH session and the controller. Here we:
+The work itself is the host-side tool (glmfleet/weights/hostside/, shipped as one zip
+application, bin/weights.pyz: glmfleet/weights/toolapp.py), run ON the host as a detached job
+(lock, state.json, log), so a 313 GB download survives the SSH session and the controller. Here we:
 
-1. put weights.py and the manifest on the host (idempotent by sha256);
+1. put weights.pyz and the manifest on the host (idempotent by sha256);
 2. look at the host with one read-only command (WeightsHostState: a stat-only check against
    the hash cache; it starts nothing, so --dry is safe) and, when a download may be needed,
    install the Python packages it needs from the controller (glmfleet/weights/hostbundle.py);
@@ -37,7 +38,6 @@ import os
 import posixpath
 import shlex
 import time
-from pathlib import Path
 
 import gevent
 from pyinfra import host, logger
@@ -48,13 +48,12 @@ from glmfleet import runctx
 from glmfleet.settings import Settings
 from glmfleet.weights import hostbundle
 from glmfleet.upload import atomic_upload
-from glmfleet.weights import plan
-from glmfleet.weights.hostside.weights import EXIT_BUSY, EXIT_OK, human_bytes
+from glmfleet.weights import plan, toolapp
+from glmfleet.weights.hostside.common import EXIT_BUSY, EXIT_OK, human_bytes
 from glmfleet.weights.manifest import ManifestError, fetch_manifest
 from glmfleet.weights.manifest import dumps as manifest_text
 
 STAGE = "weights"
-SCRIPT = Path(__file__).resolve().parent / "hostside" / "weights.py"
 q = shlex.quote
 
 # ---- the manifest and the token (read on the controller) -------------------------------------
@@ -181,18 +180,18 @@ def fail(message: str):
     yield StringCommand(f"echo {q('glmfleet: ' + message)} >&2; exit 1")
 
 
-# ---- 1. weights.py and the manifest ---------------------------------------------------------
+# ---- 1. weights.pyz and the manifest -----------------------------------------------------
 
 @operation()
 def tool_and_manifest(s, manifest: dict):
     paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
     look = _look(s)
-    script = SCRIPT.read_bytes()
+    tool = toolapp.build()  # same sources, same bytes: compared by digest
     text = manifest_text(manifest).encode()
     changed = False
-    if look.get("tool_sha256") != _sha(script):
+    if look.get("tool_sha256") != tool.sha256:
         changed = True
-        yield from atomic_upload(paths.script, script, "755")
+        yield from atomic_upload(paths.script, tool.data, "755")
     if look.get("manifest_sha256") != _sha(text):
         changed = True
         # Safe while a job runs: a job reads its manifest once, when it starts.
@@ -202,7 +201,7 @@ def tool_and_manifest(s, manifest: dict):
         changed = True
         yield StringCommand(plan.token_remove_command(paths))
     if not changed:
-        host.noop("weights.py and the manifest are up to date")
+        host.noop("weights.pyz and the manifest are up to date")
 
 
 # ---- 2. the stat-only check, and the Python packages when a download may be needed -------
@@ -268,7 +267,7 @@ class _JobFailed(Exception):
 
 
 class _Job:
-    """Start/attach/poll of weights.py jobs on one host (inside a FunctionCommand)."""
+    """Start/attach/poll of weights.pyz jobs on one host (inside a FunctionCommand)."""
 
     def __init__(self, state, h, s, manifest: dict):
         self.state, self.h, self.s, self.manifest = state, h, s, manifest
@@ -351,7 +350,7 @@ class _Job:
                     and st.get("command") in (command, "download")):
                 return st  # it did what we were about to do
         raise _JobFailed("another weights job keeps holding the lock on this host; wait for it "
-                         "(weights.py status) or stop it, then run the deploy again")
+                         "(weights.pyz status) or stop it, then run the deploy again")
 
     def attach(self) -> dict:
         _log(self.h, "a weights job is already running on this host: attaching to it")
@@ -378,7 +377,7 @@ class _Job:
 
 
 def _download(state, host, s, manifest: dict, attach: bool) -> bool:  # noqa: F811
-    """Hub download (weights.py checks what is there first and fetches only the rest);
+    """Hub download (weights.pyz checks what is there first and fetches only the rest);
     with weights_rehash a full verify runs first, so bit rot is found and only the bad
     files are fetched."""
     h = host
@@ -595,7 +594,7 @@ def fanout_receive(s, manifest: dict):
 
 
 def _receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
-    """Hash every copied file (weights.py verify); whatever does not match, and anything
+    """Hash every copied file (weights.pyz verify); whatever does not match, and anything
     that was not copied, comes from the Hub."""
     h = host
     r = _run(state)

@@ -2,7 +2,8 @@
 
 - where our things live on a host (tool dir, shipped packages, the transient token file);
 - whether a host's weights stand verified from a stat-only look (the WeightsHostState fact);
-- the shell commands that run glmfleet/weights/hostside/weights.py (quoted; never holding a secret);
+- the shell commands that run the host-side tool, bin/weights.pyz (the zip application of
+  glmfleet/weights/hostside/, see toolapp.py; quoted; never holding a secret);
 - fan-out roles: which host fetches from the Hub (the seed), which one serves the others
   (the source), and which files each receiver still needs;
 - one-line progress and outcome texts for the log and the fleet summary.
@@ -16,7 +17,8 @@ import posixpath
 import shlex
 from typing import Iterable, Mapping
 
-from glmfleet.weights.hostside.weights import EXIT_BUSY, STATE_DIR_NAME, human_bytes
+from glmfleet.weights.hostside.common import EXIT_BUSY, STATE_DIR_NAME, human_bytes
+from glmfleet.weights.toolapp import APP_PACKAGE
 
 q = shlex.quote
 
@@ -32,7 +34,7 @@ class HostPaths:
 
     @property
     def script(self) -> str:
-        return f"{self.tool_dir}/bin/weights.py"
+        return f"{self.tool_dir}/bin/weights.pyz"
 
     @property
     def pylib(self) -> str:
@@ -60,14 +62,14 @@ class HostPaths:
     @property
     def incoming(self) -> str:
         """Fan-out copies land here first (same filesystem, so the rename into place is
-        atomic; weights.py ignores the state dir when it lists extra files)."""
+        atomic; the tool ignores the state dir when it lists extra files)."""
         return f"{self.state_dir}/incoming"
 
     def file(self, rel: str) -> str:
         return posixpath.join(self.weights_dir, rel)
 
     def client_metadata(self, rel: str) -> str:
-        """The Hub client's local_dir record of a file (weights.py's Paths.client_metadata)."""
+        """The Hub client's local_dir record of a file (the tool's Paths.client_metadata)."""
         return posixpath.join(self.weights_dir, ".cache", "huggingface", "download", rel) + ".metadata"
 
 
@@ -95,7 +97,7 @@ def parse_rc(stdout_lines: Iterable[str]) -> int | None:
 def job_command(command: str, p: HostPaths, *, pylib: str | None = None, xet: bool = False,
                 endpoint: str | None = None, token_file: str | None = None, downloads: int = 8,
                 rehash: bool = False) -> str:
-    """`weights.py download|verify --detach` for this host. The token travels as a file
+    """`weights.pyz download|verify --detach` for this host. The token travels as a file
     name only; HF_ENDPOINT as --endpoint (the script sets it before importing the client)."""
     env = []
     if command == "download":
@@ -162,10 +164,10 @@ def bundle_install_command(p: HostPaths, digest: str, upload: str, import_check:
     return "\n".join(lines)
 
 
-# ---- reading weights.py's output ---------------------------------------------------------
+# ---- reading the tool's output ---------------------------------------------------------
 
 def last_json(lines: Iterable[str]) -> dict | None:
-    """The last line that is a JSON object (weights.py prints one last; a login banner or a
+    """The last line that is a JSON object (the tool prints one last; a login banner or a
     warning may come before it)."""
     for line in reversed(list(lines)):
         line = line.strip()
@@ -183,13 +185,12 @@ def last_json(lines: Iterable[str]) -> dict | None:
 
 # Run on the host by the WeightsHostState fact with `python3 -S -B` (stdlib only, no
 # bytecode written): hashes of our two files, the installed package bundles, whether a
-# token file was left behind, and (when weights.py is there) the job status and weights.py's
-# own verification plan over its hash cache. Stats and small JSON reads only: nothing is
-# written or started, so it is safe under --dry.
+# token file was left behind, and (when the tool is there) the job status and the tool's
+# own verification plan over its hash cache, imported from the zip application itself.
+# Stats and small JSON reads only: nothing is written or started, so it is safe under --dry.
 LOOK_SCRIPT = r'''
-import hashlib, json, os, sys
-tool_dir, wd = sys.argv[1], sys.argv[2]
-script = os.path.join(tool_dir, "bin", "weights.py")
+import hashlib, importlib, json, os, sys
+tool_dir, wd, script, package = sys.argv[1:5]
 state_dir = os.path.join(wd, ".glmfleet")
 def sha(path):
     try:
@@ -210,22 +211,20 @@ except OSError:
     out["bundles"] = []
 if out["tool_sha256"] and os.path.isdir(state_dir):
     try:
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("glmfleet_weights_tool", script)
-        W = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(W)
-        paths = W.Paths(wd)
-        st = W.status_report(paths)
+        sys.path.insert(0, script)
+        C, V, J = (importlib.import_module(package + "." + m) for m in ("common", "verify", "jobs"))
+        paths = C.Paths(wd)
+        st = J.status_report(paths)
         out["verified_revision"] = st.get("verified_revision")
         out["job"] = {k: st.get(k) for k in ("running", "lock_pid", "pid", "phase", "command",
                                              "revision", "stale", "exit_code", "error")}
         if out["manifest_sha256"] and not st.get("running"):
-            m = W.load_manifest(paths.manifest)
-            cache = W.HashCache(paths.cache)
-            p = W.Verifier(paths, m, cache, 1).plan()
+            m = C.load_manifest(paths.manifest)
+            cache = V.HashCache(paths.cache)
+            p = V.Verifier(paths, m, cache, 1).plan()
             entries = {e["path"]: e for e in m["files"]}
             idx = [r for r, e in entries.items() if r.endswith(".safetensors.index.json")
-                   and cache.index_ok.get(r) != W.index_check_key(W.expected_hash(e)[1], entries)]
+                   and cache.index_ok.get(r) != V.index_check_key(C.expected_hash(e)[1], entries)]
             bad = set(c["path"] for c in p["corrupt"])
             out["check"] = {"files": len(entries), "missing": len(p["missing"]),
                             "corrupt": len(bad), "to_hash": len(p["to_hash"]),
@@ -240,7 +239,8 @@ print(json.dumps(out))
 def look_command(tool_dir: str, weights_dir: str) -> str:
     missing = '{"python": null, "error": "python3 is not installed"}'
     return (f"if ! command -v python3 >/dev/null 2>&1; then echo {q(missing)}; exit 0; fi\n"
-            f"python3 -S -B -c {q(LOOK_SCRIPT)} {q(tool_dir)} {q(weights_dir)} 2>&1 || true")
+            f"python3 -S -B -c {q(LOOK_SCRIPT)} {q(tool_dir)} {q(weights_dir)} "
+            f"{q(HostPaths(tool_dir, weights_dir).script)} {APP_PACKAGE} 2>&1 || true")
 
 
 def parse_look(lines: list[str]) -> dict:
@@ -361,13 +361,13 @@ def job_failure(st: Mapping) -> str:
 
 
 def start_refusal(rc: int | None, out: Mapping | None, stderr: str) -> str:
-    """Why `weights.py ... --detach` did not start a job."""
+    """Why `weights.pyz ... --detach` did not start a job."""
     if out and out.get("error"):
         return str(out["error"])
     if rc == EXIT_BUSY:
         return "another weights job is running"
     tail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
-    return f"weights.py exited with code {rc}: {tail}"
+    return f"weights.pyz exited with code {rc}: {tail}"
 
 
 def size_text(n: int) -> str:

@@ -192,6 +192,17 @@ def test_full_download_and_verify_on_three_hosts(trio, ckpt):
     assert "Fleet summary" in trio["out"]
 
 
+def test_tool_runs_on_the_host_from_its_zip_application(trio):
+    """The deploy shipped one file; over SSH the host's python3 runs it, nothing else needed."""
+    assert trio["rc"] == 0
+    h = trio["hosts"]["w-a"]
+    assert sorted(p.name for p in (h.root / "opt/glmfleet/bin").iterdir()) == ["weights.pyz"]
+    p = subprocess.run(h.ssh_argv("python3 /opt/glmfleet/bin/weights.pyz --help"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("usage: weights.pyz") and "{verify,download,status}" in p.stdout
+
+
 def test_token_never_leaks(trio):
     """The Hub demanded the token, so it reached the jobs; yet it is in no output (-vvv),
     no log and no file on any host (the token file lives only while a job starts)."""
@@ -337,8 +348,8 @@ def test_download_survives_the_controller_resumes_after_a_kill(fleet, ckpt, toke
 
         second = pyinfra(pyinfra_cli, inventory, tmp_path, background=True)
         try:
-            # the deploy polls `weights.py status` once it has attached (we only look)
-            wait_for(lambda: "weights.py status" in h.exec("ps -e -o args=").stdout,
+            # the deploy polls `weights.pyz status` once it has attached (we only look)
+            wait_for(lambda: "weights.pyz status" in h.exec("ps -e -o args=").stdout,
                      what="the second deploy attaching")
             pid = int(read_json(state_dir(h) / "state.json")["pid"])
             assert pid == int(job["pid"])  # attached to the same job, did not start another

@@ -2,7 +2,8 @@
 
 The Hub is the TEST DOUBLE (testbed/doubles/hub) on 127.0.0.1, serving a small synthetic
 checkpoint; everything else is real: huggingface_hub, the filesystem, fork/setsid, flock,
-signals. weights.py runs as the host runs it, a separate `python weights.py ...` process.
+signals. The tool runs as the host runs it: its zip application, built here by the deploy's
+own builder (glmfleet/weights/toolapp.py), in a separate `python weights.pyz ...` process.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-SCRIPT = ROOT / "glmfleet" / "weights" / "hostside" / "weights.py"
+SCRIPT: Path | None = None  # the zip application, built once for this module (fixture `tool`)
 
 try:
     from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
@@ -38,7 +40,9 @@ except ImportError:  # testbed/__init__.py is someone else's, possibly mid-edit:
     HubDouble, make_checkpoint = _hub.HubDouble, _hub.make_checkpoint
 
 from glmfleet.weights import manifest as M  # noqa: E402
-from glmfleet.weights.hostside import weights as W  # noqa: E402
+from glmfleet.weights import toolapp as T  # noqa: E402
+from glmfleet.weights.hostside import jobs as J  # noqa: E402
+from glmfleet.weights.hostside import verify as V  # noqa: E402
 
 SHARDS = [f"model-0000{i}-of-00004.safetensors" for i in (1, 2, 3, 4)]
 SHARD_BYTES = 384 * 1024
@@ -46,6 +50,13 @@ TOKEN = "hf_TESTtoken_do_not_leak_0123456789"
 
 
 # ---- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def tool(tmp_path_factory):
+    global SCRIPT
+    SCRIPT = T.build(directory=tmp_path_factory.mktemp("tool")).path
+    return SCRIPT
+
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
@@ -138,7 +149,7 @@ def wait_for(predicate, timeout=20.0, what="condition"):
 
 
 def wait_gone(pid: int, timeout=20.0) -> None:
-    wait_for(lambda: not W.pid_alive(pid) or _is_zombie(pid), timeout, f"pid {pid} to exit")
+    wait_for(lambda: not J.pid_alive(pid) or _is_zombie(pid), timeout, f"pid {pid} to exit")
 
 
 def _is_zombie(pid: int) -> bool:
@@ -238,6 +249,31 @@ def test_manifest_unknown_revision_repo_and_endpoint(hub):
     assert time.monotonic() - t0 < 5, "an unreachable endpoint must fail fast, not after retries"
 
 
+# ---- the zip application ------------------------------------------------------------------
+
+def test_help_runs_from_the_zip_application(tmp_path):
+    """One file, run by the host's python3 with nothing but the standard library."""
+    r = subprocess.run(["python3", "-S", str(SCRIPT), "--help"], capture_output=True, text=True,
+                       cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: weights.pyz") and "{verify,download,status}" in r.stdout
+
+
+def test_zip_application_is_deterministic_and_follows_its_sources(tmp_path):
+    a, b = T.build(directory=tmp_path / "a"), T.build(directory=tmp_path / "b")
+    assert a.data == b.data and a.sha256 == b.sha256 and a.path != b.path
+    assert a.path.read_bytes() == a.data  # cached under its key
+    with zipfile.ZipFile(a.path) as z:
+        names = z.namelist()
+    assert names == sorted(names) and "__main__.py" in names
+    assert f"{T.APP_PACKAGE}/cli.py" in names and not [n for n in names if n.endswith(".pyc")]
+    src = tmp_path / "src"
+    shutil.copytree(T.SOURCE, src, ignore=shutil.ignore_patterns("__pycache__"))
+    assert T.build(directory=tmp_path / "c", source=src).sha256 == a.sha256
+    (src / "cli.py").write_text((src / "cli.py").read_text() + "# changed\n")
+    assert T.build(directory=tmp_path / "c", source=src).sha256 != a.sha256
+
+
 # ---- structure checks (pure) --------------------------------------------------------------
 
 def _header(tensors: dict) -> bytes:
@@ -248,27 +284,27 @@ def test_safetensors_structure_rules():
     good = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
             "b": {"dtype": "U8", "shape": [4], "data_offsets": [8, 12]}}
     h = _header(good)
-    assert W.safetensors_problems(8 + len(h) + 12, len(h), h) == []
+    assert V.safetensors_problems(8 + len(h) + 12, len(h), h) == []
     gap = dict(good, b={"dtype": "U8", "shape": [4], "data_offsets": [9, 13]})
     h2 = _header(gap)
-    assert any("gap or overlap" in p for p in W.safetensors_problems(8 + len(h2) + 13, len(h2), h2))
-    assert any("follow the header" in p for p in W.safetensors_problems(8 + len(h) + 20, len(h), h))
-    assert "does not fit" in W.safetensors_problems(100, 10**6, None)[0]
-    assert "not valid JSON" in W.safetensors_problems(8 + 3 + 0, 3, b"{x}")[0]
+    assert any("gap or overlap" in p for p in V.safetensors_problems(8 + len(h2) + 13, len(h2), h2))
+    assert any("follow the header" in p for p in V.safetensors_problems(8 + len(h) + 20, len(h), h))
+    assert "does not fit" in V.safetensors_problems(100, 10**6, None)[0]
+    assert "not valid JSON" in V.safetensors_problems(8 + 3 + 0, 3, b"{x}")[0]
     wrong_size = dict(good, a={"dtype": "F32", "shape": [3], "data_offsets": [0, 8]})
     h3 = _header(wrong_size)
-    assert any("expected 12" in p for p in W.safetensors_problems(8 + len(h3) + 12, len(h3), h3))
-    assert W.absent_tensors(["a", "b"], h) == [] and W.absent_tensors(["a", "zz"], h) == ["zz"]
+    assert any("expected 12" in p for p in V.safetensors_problems(8 + len(h3) + 12, len(h3), h3))
+    assert V.absent_tensors(["a", "b"], h) == [] and V.absent_tensors(["a", "zz"], h) == ["zz"]
 
 
 def test_index_structure_rules():
     idx = {"weight_map": {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"}}
     paths = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
-    assert W.index_problems(idx, "model.safetensors.index.json", paths) == []
-    problems = W.index_problems(idx, "model.safetensors.index.json", {"model-00001-of-00002.safetensors"})
+    assert V.index_problems(idx, "model.safetensors.index.json", paths) == []
+    problems = V.index_problems(idx, "model.safetensors.index.json", {"model-00001-of-00002.safetensors"})
     assert "model-00002-of-00002.safetensors" in problems[0]
-    assert W.index_problems({}, "model.safetensors.index.json", paths) == ["has no weight_map object"]
-    shards = W.index_shards(idx, "sub/m.safetensors.index.json")  # names relative to the index
+    assert V.index_problems({}, "model.safetensors.index.json", paths) == ["has no weight_map object"]
+    shards = V.index_shards(idx, "sub/m.safetensors.index.json")  # names relative to the index
     assert shards["sub/model-00001-of-00002.safetensors"] == ["x"]
 
 
@@ -536,10 +572,10 @@ def test_token_never_leaks(tmp_path, ckpt, manifest):
 def test_disk_full_is_a_clear_error_with_nothing_verified(tmp_path, hub, manifest_file):
     # The real full filesystem is a fleet test; here the free-space reading is forced low.
     d = tmp_path / "weights"
-    code = ("import runpy, sys; sys.argv = sys.argv[1:]; "
-            f"g = runpy.run_path({str(SCRIPT)!r}, run_name='weights'); g['free_bytes'].__globals__"
-            "['free_bytes'] = lambda path: 1000; sys.exit(g['main']())")
-    p = subprocess.run([sys.executable, "-c", code, "weights.py", "download", "--dir", str(d),
+    code = ("import sys; sys.argv = sys.argv[1:]; "
+            f"sys.path.insert(0, {str(SCRIPT)!r}); from {T.APP_PACKAGE} import cli, download; "
+            "download.free_bytes = lambda path: 1000; sys.exit(cli.main())")
+    p = subprocess.run([sys.executable, "-c", code, "weights.pyz", "download", "--dir", str(d),
                         "--manifest", str(manifest_file)], env=env_for(hub.url, tmp_path / "h"),
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 5, p.stderr

@@ -1,13 +1,13 @@
 """Stage 'weights', controller side without a fleet: the pure decisions (weights_plan), the
 host-side Python bundle (hostbundle), and the read-only look the stage takes at a host (the
-WeightsHostState script), run here against a real weights dir checked by weights.py."""
+WeightsHostState script), run here against a real weights dir checked by the tool's zip
+application (weights.pyz, built by glmfleet/weights/toolapp.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from glmfleet.weights import hostbundle as hb  # noqa: E402
 from glmfleet.weights import manifest as M  # noqa: E402
 from glmfleet.weights import plan as P  # noqa: E402
+from glmfleet.weights import toolapp as T  # noqa: E402
 
 REV = "13b78e74ba3652cfbbcdc59ae70dbb2687403126"
 PATHS = P.HostPaths("/opt/glm fleet", "/mnt/w/GLM")  # a space: quoting must hold
@@ -36,7 +37,7 @@ def test_download_command_names_the_token_file_never_the_token():
     cmd = P.job_command("download", PATHS, pylib="/opt/x/pylib/abc", endpoint="http://10.0.0.1:9",
                         token_file=PATHS.token_file, downloads=4)
     assert cmd.startswith("env PYTHONPATH=/opt/x/pylib/abc HF_HUB_DISABLE_XET=1 python3 ")
-    assert "'/opt/glm fleet/bin/weights.py' download --dir /mnt/w/GLM --detach --downloads 4" in cmd
+    assert "'/opt/glm fleet/bin/weights.pyz' download --dir /mnt/w/GLM --detach --downloads 4" in cmd
     assert "--endpoint http://10.0.0.1:9" in cmd
     assert "--token-file '/opt/glm fleet/secrets/hf-token'" in cmd
     anonymous = P.job_command("download", PATHS, xet=True)
@@ -165,7 +166,7 @@ def test_progress_and_outcome_texts():
     assert P.job_succeeded({"phase": "done", "exit_code": 0})
     assert not P.job_succeeded({"phase": "done", "exit_code": 1})
     assert P.start_refusal(2, {"error": "token file is empty"}, "") == "token file is empty"
-    assert P.start_refusal(5, None, "boom\nlast line") == "weights.py exited with code 5: last line"
+    assert P.start_refusal(5, None, "boom\nlast line") == "weights.pyz exited with code 5: last line"
     detail = P.pass_detail("verified", 4_194_719, 10, "host-a", 61)
     assert "fetched from the Hub: 4.2 MB (4194719 B)" in detail
     assert "copied from host-a over SSH via the controller: 10 B (10 B)" in detail
@@ -258,18 +259,18 @@ def _scan(d: Path) -> list:
 
 @pytest.fixture
 def host_like(tmp_path):
-    """A tool dir and a weights dir verified by the real weights.py, as a host has them."""
+    """A tool dir and a weights dir verified by the real weights.pyz, as a host has them."""
     from testbed.doubles.hub import DEFAULT_REPO_ID, make_checkpoint
 
     tool, wd = tmp_path / "tool", tmp_path / "weights"
     (tool / "bin").mkdir(parents=True)
-    shutil.copy(ROOT / "glmfleet" / "weights" / "hostside" / "weights.py", tool / "bin" / "weights.py")
+    (tool / "bin" / "weights.pyz").write_bytes(T.build(directory=tmp_path / "cache").data)
     make_checkpoint(wd, shards=2, shard_bytes=64 * 1024, seed=1)
     manifest = M.build_manifest(DEFAULT_REPO_ID, REV, _scan(wd))
     (wd / ".glmfleet").mkdir()
     text = M.dumps(manifest)
     (wd / ".glmfleet" / "manifest.json").write_text(text)
-    r = subprocess.run([sys.executable, str(tool / "bin" / "weights.py"), "verify", "--dir", str(wd)],
+    r = subprocess.run([sys.executable, str(tool / "bin" / "weights.pyz"), "verify", "--dir", str(wd)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return tool, wd, hashlib.sha256(text.encode()).hexdigest()
@@ -295,7 +296,7 @@ def test_look_is_read_only_and_sees_verified_weights(host_like):
     ok, why = P.quick_verdict(look, REV, msha)
     assert ok, (why, look)
     assert look["check"]["files"] == len(look["check"]["ok_paths"])
-    assert look["tool_sha256"] == hashlib.sha256((tool / "bin" / "weights.py").read_bytes()).hexdigest()
+    assert look["tool_sha256"] == hashlib.sha256((tool / "bin" / "weights.pyz").read_bytes()).hexdigest()
     assert look["bundles"] == [] and look["token_file"] is False
 
 
