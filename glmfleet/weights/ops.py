@@ -9,7 +9,8 @@ application, bin/weights.pyz: glmfleet/weights/toolapp.py), run ON the host as a
    the hash cache; it starts nothing, so --dry is safe) and, when a download may be needed,
    install the Python packages it needs from the controller (glmfleet/weights/hostbundle.py);
 3. start `download --detach` (or attach to a job already running: exit 3 / the fact says
-   so) and poll `status --wait N` until it ends, logging bytes, rate and ETA per host;
+   so) and poll `status --wait N` until it ends, logging bytes (partial files included),
+   rate and ETA per host, and a total line for the fleet;
 4. with weights_fanout, only one host (the seed) fetches from the Hub; the first verified
    host (the source) then copies what each receiver lacks over SSH through the controller,
    reading every file once for all receivers, and each receiver hashes every copied file
@@ -120,6 +121,8 @@ class _Run:
         self.verified: set[str] = set()          # hosts verified during this run
         self.pushed: dict[str, int] = {}         # receiver -> bytes copied to it
         self.push_source: dict[str, str] = {}    # receiver -> the host it was copied from
+        self.downloads: dict[str, dict] = {}     # host -> last status of its download job
+        self.fleet_logged = 0.0                  # when the fleet progress line was last logged
 
 
 def _run(state) -> _Run:
@@ -327,6 +330,7 @@ class _Job:
             if st is None:
                 raise _JobFailed(f"cannot read the weights job's status on the host: "
                                  f"{(err or ' '.join(out)).strip()[-300:]}")
+            self._note(st)
             if not st.get("running"):
                 return st
             _log(self.h, plan.progress_line(st))
@@ -335,6 +339,19 @@ class _Job:
                     f"the weights job is still running after {plan.human_duration(limit)} "
                     f"(weights_wait_timeout_s); it goes on detached on the host: run the deploy "
                     f"again to attach, or follow it with `{plan.status_command(self.paths, 0)}`")
+
+    def _note(self, st: dict) -> None:
+        """Keep this host's download status for the fleet line; log that line at most once
+        per weights_progress_interval_s, whichever host polls first."""
+        if st.get("command") != "download":
+            return
+        r = _run(self.state)
+        r.downloads[self.h.name] = st
+        line = plan.fleet_progress_line(r.downloads)
+        now = time.monotonic()
+        if line and now - r.fleet_logged >= self.s.weights_progress_interval_s:
+            r.fleet_logged = now
+            logger.info(f"[fleet] weights: {line}")
 
     def run(self, command: str) -> dict:
         """Run one job to its end (attaching first if another job holds the lock)."""

@@ -6,7 +6,8 @@
   glmfleet/weights/hostside/, see toolapp.py; quoted; never holding a secret);
 - fan-out roles: which host fetches from the Hub (the seed), which one serves the others
   (the source), and which files each receiver still needs;
-- one-line progress and outcome texts for the log and the fleet summary.
+- one-line progress (per host and for the fleet) and outcome texts for the log and the
+  fleet summary.
 """
 
 from __future__ import annotations
@@ -340,6 +341,30 @@ def progress_line(st: Mapping) -> str:
     current = st.get("current_files") or []
     if current:
         parts.append(f"{len(current)} file(s) in flight")
+    return ", ".join(parts)
+
+
+def fleet_progress_line(states: Mapping[str, Mapping]) -> str | None:
+    """The fleet's download in one line, from each host's last status (host -> status):
+    'download: 2.4 GB of 12.9 GB (19%), 220.0 MB/s, ETA 3m 10s, 2 of 3 host(s) running'.
+    Bytes are each host's bytes received (partial files included; a finished host counts
+    whole); the rate is the sum of the hosts' own sliding-window rates; the ETA is the
+    slowest running host's. None while fewer than two hosts download or none runs."""
+    running = [st for st in states.values() if st.get("running")]
+    if len(states) < 2 or not running:
+        return None
+    done = sum((st.get("bytes_total") or 0) if job_succeeded(st) else (st.get("bytes_done") or 0)
+               for st in states.values())
+    total = sum(st.get("bytes_total") or 0 for st in states.values())
+    parts = [f"download: {human_bytes(done)} of {human_bytes(total)}"
+             + (f" ({100 * done / total:.0f}%)" if total else "")]
+    rate = sum(st.get("rate_bytes_per_s") or 0 for st in running if st.get("phase") == "download")
+    if rate:
+        parts.append(f"{human_bytes(rate)}/s")
+    etas = [st["eta_s"] for st in running if st.get("phase") == "download" and st.get("eta_s") is not None]
+    if etas:
+        parts.append(f"ETA {human_duration(max(etas))}")
+    parts.append(f"{len(running)} of {len(states)} host(s) running")
     return ", ".join(parts)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from glmfleet.weights.hostside.common import human_bytes
 from testbed.doubles import nvml
 from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
 
@@ -148,7 +149,8 @@ def cached_shards(h) -> set:
 
 @pytest.fixture(scope="module")
 def trio(fleet, ckpt, token_file, pyinfra_cli, tmp_path_factory):
-    """Three hosts; the Hub demands TOKEN; one shard's body is cut once in transit for w-a."""
+    """Three hosts; the Hub demands TOKEN and sends bodies slowly (the deploy polls several
+    times while the downloads run); one shard's body is cut once in transit for w-a."""
     work = tmp_path_factory.mktemp("trio")
     names = ["w-a", "w-b", "w-c"]
     hubs = Hubs(ckpt[0], token=TOKEN, auth_failure="invalid")
@@ -156,6 +158,8 @@ def trio(fleet, ckpt, token_file, pyinfra_cli, tmp_path_factory):
         hosts = {n: new_host(fleet, n) for n in names}
         data = {n: host_data(hubs, hosts[n], token_file) for n in names}
         inventory = fleet.write_inventory(work / "inv.py", hosts=names, host_data=data)
+        for d in hubs.by_host.values():
+            d.set_faults(slow_bytes_per_s=250_000)  # ~4 s per shard
         hubs.by_host["w-a"].set_faults(truncate_after={SHARDS[2]: 300_000}, truncate_once=True)
         t0 = time.monotonic()
         rc, out = pyinfra(pyinfra_cli, inventory, work, "-vvv")  # -vvv: every command and output
@@ -190,6 +194,21 @@ def test_full_download_and_verify_on_three_hosts(trio, ckpt):
     # the shard cut in transit on w-a was fetched again and still verified
     assert trio["per_host"]["w-a"][SHARDS[2]]["truncated"] == 1
     assert "Fleet summary" in trio["out"]
+
+
+def test_progress_per_host_and_for_the_fleet(trio, ckpt):
+    """While the downloads ran, the deploy logged each host's bytes, rate and ETA and a total
+    line for the fleet (three hosts' bytes, partial files included)."""
+    assert trio["rc"] == 0
+    out = trio["out"]
+    total = sum(f["size"] for f in ckpt[1].values())
+    lines = out.splitlines()
+    for name in trio["hosts"]:
+        assert [ln for ln in lines if name in ln and "weights: download: " in ln
+                and f" of {human_bytes(total)} (" in ln], name
+    fleet_lines = [ln for ln in out.splitlines() if "[fleet] weights: download: " in ln]
+    assert fleet_lines, out[-3000:]
+    assert f" of {human_bytes(3 * total)} (" in fleet_lines[0] and " of 3 host(s) running" in fleet_lines[0]
 
 
 def test_tool_runs_on_the_host_from_its_zip_application(trio):

@@ -20,6 +20,10 @@ from .jobs import JobContext, Progress, result_brief, verify_pass
 from .verify import check_one, interruptible
 
 DOWNLOAD_BUFFER = 4 << 20  # hashing right after a download shares memory with the client
+# The client writes a body to its partial file in chunks of this size; progress counts the
+# partial files' sizes (inflight_bytes), so it moves with every chunk. The client's own 10 MB
+# would keep any smaller file at 0 until its end and make every progress step 10 MB per file.
+DOWNLOAD_CHUNK = 1 << 20
 
 
 class HubClient:
@@ -36,6 +40,7 @@ class HubClient:
             os.environ["HF_ENDPOINT"] = endpoint
         try:
             import huggingface_hub
+            import huggingface_hub.constants
             # Its attributes load lazily, and its logging is configured on the first load:
             # load them now so the handler it adds can be removed below.
             huggingface_hub.hf_hub_download, huggingface_hub.HfApi
@@ -45,6 +50,7 @@ class HubClient:
                              "script with that environment's python") from None
         for h in list(logging.getLogger("huggingface_hub").handlers):
             logging.getLogger("huggingface_hub").removeHandler(h)  # its records reach our log via root
+        huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE = DOWNLOAD_CHUNK  # read at each download
         self.hf = huggingface_hub
         self.paths, self.repo, self.revision = paths, repo, revision
         self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
@@ -73,8 +79,8 @@ class HubClient:
 
 
 def inflight_bytes(paths: Paths) -> int:
-    """Bytes in the client's partial files (<hash>.<etag>.<random>.incomplete next to the
-    metadata), so progress moves within a multi-GB file."""
+    """Bytes received so far into the client's partial files (<hash>.<etag>.<random>.incomplete
+    beside its local_dir metadata): counted in the progress, so it moves within a file."""
     total = 0
     for dirpath, _dirs, files in os.walk(paths.hf_meta):
         for name in files:

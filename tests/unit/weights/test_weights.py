@@ -454,6 +454,35 @@ def test_download_full_then_rerun_costs_nothing(tmp_path, hub, manifest_file, ma
     assert result(d)["hashed_files"] == 0 and r.json["fetched_bytes"] == 0  # ... and no re-hash
 
 
+def test_progress_counts_the_bytes_of_a_file_still_downloading(tmp_path):
+    """Progress is bytes received, partial files included: while the first shard is still in
+    transfer (nothing finished yet) the state already shows its bytes, a rate and an ETA, so a
+    313 GB download never sits at 0 % while its multi-GB shards stream in."""
+    repo = tmp_path / "repo"
+    make_checkpoint(repo, shards=2, shard_bytes=4 << 20, seed=5)
+    with HubDouble(repo) as hub:
+        m = M.fetch_manifest(DEFAULT_REPO_ID, DEFAULT_REVISION, endpoint=hub.url)
+        mf = tmp_path / "m.json"
+        mf.write_text(M.dumps(m))
+        hub.set_faults(slow_bytes_per_s=512 * 1024)  # a shard takes ~8 s
+        d = tmp_path / "weights"
+        r = weights("download", d, "--manifest", mf, "--downloads", 1, "--detach", url=hub.url)
+        assert r.code == 0, r.stderr
+        pid = r.json["pid"]
+        try:
+            def mid_file():
+                st = weights("status", d).json
+                finished = [f["path"] for f in m["files"] if (d / f["path"]).exists()]  # after: none then
+                return st if st.get("phase") == "download" and st["bytes_done"] and not finished else None
+            st = wait_for(mid_file, timeout=60, what="progress from a partial file")
+        finally:
+            os.kill(pid, signal.SIGTERM)
+            wait_gone(pid)
+    assert 0 < st["bytes_done"] < st["bytes_total"] == m["total_size"]
+    assert st["rate_bytes_per_s"] > 0 and st["eta_s"] > 0
+    assert len(st["current_files"]) == 1 and st["current_files"][0].endswith(".safetensors")
+
+
 def test_killed_download_resumes_without_refetching_completed_files(tmp_path, hub, manifest_file, manifest):
     d = tmp_path / "weights"
     hub.set_faults(slow_bytes_per_s=1 << 20)  # ~0.4 s per shard

@@ -173,6 +173,21 @@ def test_progress_and_outcome_texts():
     assert detail.endswith("in 1m 01s")
 
 
+def test_fleet_progress_line_sums_the_hosts_bytes_in_flight():
+    a = {"running": True, "phase": "download", "command": "download", "bytes_done": 1_000_000_000,
+         "bytes_total": 4_000_000_000, "rate_bytes_per_s": 100_000_000, "eta_s": 30}
+    b = dict(a, bytes_done=500_000_000, rate_bytes_per_s=50_000_000, eta_s=70)
+    done = {"running": False, "phase": "done", "exit_code": 0, "command": "download",
+            "bytes_done": 123, "bytes_total": 4_000_000_000}
+    assert P.fleet_progress_line({"a": a, "b": b, "c": done}) == (
+        "download: 5.5 GB of 12.0 GB (46%), 150.0 MB/s, ETA 1m 10s, 2 of 3 host(s) running")
+    checking = dict(b, phase="check", eta_s=None)  # hashing what is there: no download rate yet
+    assert P.fleet_progress_line({"a": a, "b": checking}) == (
+        "download: 1.5 GB of 8.0 GB (19%), 100.0 MB/s, ETA 30s, 2 of 2 host(s) running")
+    assert P.fleet_progress_line({"a": a}) is None  # one host: its own line says it all
+    assert P.fleet_progress_line({"c": done, "d": dict(done)}) is None  # nothing runs
+
+
 # ---- the host bundle -----------------------------------------------------------------------
 
 def test_closure_is_huggingface_hub_and_its_runtime_deps_without_xet():
