@@ -32,8 +32,8 @@ STATE_DIR = ".glmfleet"
 APPLIED = f"{STATE_DIR}/applied.json"
 LAST_GOOD = f"{STATE_DIR}/last-good"
 STAGING = f"{STATE_DIR}/staging"
-# Written by the weights stage (glmfleet/weights/hostside/weights.py) only when every file matched
-# the manifest of the pinned revision; its content is that revision.
+# Written by the weights stage (glmfleet/weights/hostside/verify.py, publish_result) only when
+# every file matched the manifest of the pinned revision; its content is that revision.
 WEIGHTS_MARKER = ".glmfleet/VERIFIED"
 # A site's own compose override, merged by `docker compose` / `docker-compose` when present.
 # Not ours: never written, never restarted for; reported so nobody is surprised by it.

@@ -3,8 +3,8 @@
 Controller side. `fetch_manifest` asks the Hub (through huggingface_hub, never hand-written
 HTTP) for every file of the repo with its size and expected hash; the rest is pure logic:
 comparing a manifest with what a host reports, the bytes a host still has to download (for
-the disk-space preflight), and (de)serialisation. The host checks the same JSON with
-the host-side tool (glmfleet/weights/hostside/common.py), which also owns the rules both sides share (manifest
+the disk-space preflight), and (de)serialisation. The host checks the same JSON with its
+tool, whose glmfleet/weights/hostside/common.py also owns the rules both sides share (manifest
 validation, which hash a file is checked by, how Hub errors are explained), so the two never
 disagree.
 
