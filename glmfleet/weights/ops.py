@@ -195,6 +195,8 @@ def tool_and_manifest(s, manifest: dict):
     if look.get("tool_sha256") != tool.sha256:
         changed = True
         yield from atomic_upload(paths.script, tool.data, "755")
+        # The single-file script of earlier deploys, replaced by the zip application.
+        yield StringCommand(f"rm -f {q(paths.tool_dir + '/bin/weights.py')}")
     if look.get("manifest_sha256") != _sha(text):
         changed = True
         # Safe while a job runs: a job reads its manifest once, when it starts.
