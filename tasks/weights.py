@@ -4,8 +4,8 @@ Host side: glmfleet/weights/hostside/weights.py (verify / download / status; det
 lock, a state file and a log). Controller side: glmfleet/ops/weights.py. On the host:
 
     <weights_tool_dir>/bin/weights.py        the host-side script
-    <weights_tool_dir>/pylib/<digest>/       huggingface_hub & co. shipped from the controller
-                                              (glmfleet/weights/hostbundle.py), used via PYTHONPATH
+    <weights_tool_dir>/pylib/<digest>/       huggingface_hub, hf_xet & co., wheels chosen for the host's
+                                              python3 (glmfleet/weights/hostbundle.py), via PYTHONPATH
     <weights_tool_dir>/secrets/hf-token      the HF token, 0600 in a 0700 dir, only while a
                                               download starts
     <weights_dir>/.glmfleet/manifest.json    the Hub's file list at model_revision
