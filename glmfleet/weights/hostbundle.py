@@ -110,7 +110,8 @@ class Target:
 
     @classmethod
     def from_facts(cls, facts: Mapping) -> "Target":
-        """From the weights look (or preflight's host facts): python, machine, glibc."""
+        """From the weights stage's look at the host (python, machine, glibc, implementation,
+        as its python3 reports them)."""
         py = facts.get("python")
         if not py:
             raise BundleError("the host's python3 did not report its version")
@@ -586,12 +587,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     target = Target(a.python, a.machine, a.glibc)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            res = resolve(target, cache=Path(tmp))
-            os.makedirs(a.dest, exist_ok=True)
-            for w in res.wheels:
-                shutil.copy2(w, os.path.join(a.dest, w.name))
-    except (ResolveError, BundleError) as e:
+        res = resolve(target)
+        os.makedirs(a.dest, exist_ok=True)
+        for w in res.wheels:
+            shutil.copy2(w, os.path.join(a.dest, w.name))
+    except (ResolveError, BundleError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for w in res.wheels:
