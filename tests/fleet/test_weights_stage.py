@@ -311,14 +311,12 @@ def test_fanout_fetches_from_the_hub_once_for_the_fleet(trio, pyinfra_cli, ckpt)
 # ---- the shipped Python packages, per host Python -------------------------------------------
 
 # Host kinds: (add_host keywords, the python3 minor version the kind has). Debian 13
-# (Python 3.13) runs once the testbed builds such hosts: its keyword below is what the
-# testbed must accept (adjust it to the testbed's own name for the release).
-DEBIAN13 = {"release": "trixie"}
+# (Python 3.13) runs once the testbed builds hosts of another Debian suite.
 HOST_KINDS = [
     pytest.param({}, "3.11", id="debian12-py3.11"),
-    pytest.param(DEBIAN13, "3.13", id="debian13-py3.13", marks=pytest.mark.skipif(
-        "release" not in inspect.signature(Fleet.add_host).parameters,
-        reason="the testbed cannot build Debian 13 hosts yet (Fleet.add_host(release=...))")),
+    pytest.param({"suite": "trixie"}, "3.13", id="debian13-py3.13", marks=pytest.mark.skipif(
+        "suite" not in inspect.signature(Fleet.add_host).parameters,
+        reason="the testbed cannot build Debian 13 hosts yet (Fleet.add_host(suite=...))")),
 ]
 
 
