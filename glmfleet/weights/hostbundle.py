@@ -382,8 +382,12 @@ def resolve(target: Target, wheel_dir: str | None = None, cache: Path | None = N
                "sha256": {p.name: _digest(p) for _d, p in chosen.values()},
                "xet": no_xet is None, "note": no_xet or ""}
         (final / RESOLUTION_NAME).write_text(json.dumps(doc, indent=1, sort_keys=True))
-        shutil.rmtree(where, ignore_errors=True)
-        os.replace(final, where)  # complete or absent: never half a cache entry
+        shutil.rmtree(where, ignore_errors=True)  # a stale or broken entry
+        try:
+            os.replace(final, where)  # complete or absent: never half a cache entry
+        except OSError:
+            if not record.is_file():  # else another deploy placed the same entry meanwhile
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Resolution(tuple(where / w for w in doc["wheels"]), doc["packages"], doc["xet"],
