@@ -8,6 +8,7 @@ together so an operator fixes them in one go.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -92,7 +93,7 @@ class Settings:
     weights_parallel_downloads: int
     weights_rehash: bool
     weights_fanout: bool
-    weights_xet_wheel: str | None
+    weights_wheel_dir: str | None
     weights_progress_interval_s: int
     weights_wait_timeout_s: int
 
@@ -184,6 +185,13 @@ def _abs_path(v: Any) -> str:
     if (not isinstance(v, str) or not re.fullmatch(r"/[^\s:\x00]*", v) or v.rstrip("/") == ""):
         raise ValueError("an absolute path without spaces or ':', such as /mnt/llm_models/GLM (not /)")
     return v.rstrip("/")
+
+
+def _wheel_dir(v: Any) -> str:
+    if not isinstance(v, str) or not os.path.isdir(os.path.expanduser(v)):
+        raise ValueError("a directory on the controller holding the wheels for the hosts "
+                         "(python -m glmfleet.weights.hostbundle download fills one)")
+    return v
 
 
 def _str_list(v: Any) -> tuple[str, ...]:
@@ -293,7 +301,7 @@ PARSERS = {
     "weights_parallel_downloads": _int(1, 64),
     "weights_rehash": _bool,
     "weights_fanout": _bool,
-    "weights_xet_wheel": _optional(_str(r"\S*hf_xet-[^/\s]+\.whl", "a controller path to an hf_xet-<version>-<tags>.whl")),
+    "weights_wheel_dir": _optional(_wheel_dir),
     "weights_progress_interval_s": _int(1, 3600),
     "weights_wait_timeout_s": _int(0, 30 * 86_400),
     "status_harness": _optional(_choice("core", "long")),

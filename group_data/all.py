@@ -76,7 +76,7 @@ weights_tool_dir = "/opt/glmfleet"  # host dir for the weights tool (bin/weights
 weights_parallel_downloads = 8  # files one host fetches at once
 weights_rehash = False  # true: read and hash every byte again on this run (finds bit rot); false: an unchanged file costs one stat
 weights_fanout = False  # true: one host fetches from the Hub, the others copy its verified files over SSH through the controller and verify them
-weights_xet_wheel = None  # controller path to an hf_xet wheel built for the hosts; None = plain HTTP(S) downloads (HF_HUB_DISABLE_XET=1)
+weights_wheel_dir = None  # controller dir of wheels for the hosts' Python packages (air-gapped sites: `python -m glmfleet.weights.hostbundle download`); None = a package index, else the controller's own packages when they fit the host
 weights_progress_interval_s = 30  # seconds between progress lines (bytes, rate, ETA) per host while a download runs
 weights_wait_timeout_s = 0  # stop waiting after this many seconds (the download goes on detached; a re-run attaches); 0 = until done
 

@@ -5,8 +5,8 @@ state file and a log), shipped as one zip application. Controller side: glmfleet
 On the host:
 
     <weights_tool_dir>/bin/weights.pyz       the host-side tool (run as `python3 weights.pyz ...`)
-    <weights_tool_dir>/pylib/<digest>/       huggingface_hub & co. shipped from the controller
-                                              (glmfleet/weights/hostbundle.py), used via PYTHONPATH
+    <weights_tool_dir>/pylib/<digest>/       huggingface_hub, hf_xet & co., wheels chosen for the host's
+                                              python3 (glmfleet/weights/hostbundle.py), via PYTHONPATH
     <weights_tool_dir>/secrets/hf-token      the HF token, 0600 in a 0700 dir, only while a
                                               download starts
     <weights_dir>/.glmfleet/manifest.json    the Hub's file list at model_revision

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from importlib import metadata
 from typing import Any, Iterable, Mapping
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from glmfleet.preflight import cuda
 from glmfleet.settings import DCP1_MAX_MODEL_LEN, Settings
@@ -270,6 +273,36 @@ def check_host_facts(host: Mapping[str, Any]) -> Check:
                  "run the deploy with -v to see the command's output; the host needs a POSIX sh")
 
 
+def hub_python_requirement() -> tuple[str, str]:
+    """(version, Requires-Python) of the pinned huggingface_hub installed on the controller:
+    the weights stage ships that version to the hosts, so their python3 must satisfy it."""
+    return metadata.version("huggingface_hub"), metadata.metadata("huggingface_hub").get(
+        "Requires-Python") or ""
+
+
+def check_python(host: Mapping[str, Any], hub: tuple[str, str]) -> Check:
+    version, impl = host.get("python"), host.get("python_implementation")
+    hub_version, requires = hub
+    if not version:
+        return Check("python", FAIL, "python3 is not installed: the GPU probe and the weights "
+                     "download run with it", "apt-get install -y python3")
+    platform = f"{host.get('arch') or '?'}, " + (f"glibc {host['glibc']}" if host.get("glibc")
+                                                 else "no glibc found")
+    found = f"python3 {version} ({impl or '?'}; {platform})"
+    if impl and impl != "cpython":
+        return Check("python", FAIL, f"{found}: the weights download needs CPython",
+                     "make python3 on the host a CPython")
+    try:
+        ok = SpecifierSet(requires).contains(version, prereleases=True)
+    except InvalidSpecifier:
+        ok = True  # a malformed pin's metadata is not the host's fault
+    if not ok:
+        return Check("python", FAIL, f"{found} is too old for huggingface_hub {hub_version}, which "
+                     f"the weights download ships (it requires Python {requires})",
+                     f"give the host a python3 {requires} (e.g. Ubuntu 22.04+ or Debian 12+)")
+    return Check("python", PASS, found)
+
+
 def check_os(host: Mapping[str, Any], settings: Settings) -> Check:
     supported = [" ".join(s.lower().split()) for s in settings.supported_os]
     name = host.get("os")
@@ -422,11 +455,13 @@ def check_nvidia_toolkit(host: Mapping[str, Any]) -> Check:
 # --- all together -----------------------------------------------------------------------
 
 def run_checks(gpu: Mapping[str, Any] | None, host: Mapping[str, Any] | None, settings: Settings,
-               weights_total_bytes: int | None = None) -> list[Check]:
+               weights_total_bytes: int | None = None,
+               hub_python: tuple[str, str] | None = None) -> list[Check]:
     """Every check, hard requirements first (so first_failure is the most telling one).
 
     GPU checks that need NVML are skipped when the probe failed (its FAIL says why); host
-    checks are skipped when the host facts are incomplete.
+    checks are skipped when the host facts are incomplete. hub_python: see
+    hub_python_requirement (its default).
     """
     gpu = gpu or {"ok": False, "error": {"kind": "probe_failed", "message": "no GPU facts",
                                          "remedy": None}}
@@ -443,8 +478,9 @@ def run_checks(gpu: Mapping[str, Any] | None, host: Mapping[str, Any] | None, se
         checks.append(check_gpu_processes(gpu, host, settings))
     checks.append(check_host_facts(host))
     if host_ok:
-        checks += [check_os(host, settings), check_disk(host, settings, weights_total_bytes),
-                   check_port(host, settings)]
+        checks += [check_os(host, settings),
+                   check_python(host, hub_python or hub_python_requirement()),
+                   check_disk(host, settings, weights_total_bytes), check_port(host, settings)]
     checks += [check_sizing(gpu, settings), check_api_exposure(settings)]
     if probe_ok:
         checks += [check_persistence(gpu), check_pcie_link(gpu)]

@@ -32,6 +32,10 @@ if [ -r /etc/os-release ]; then
 fi
 echo "kernel=$(uname -r)"
 echo "arch=$(uname -m)"
+echo "glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null)"
+if have python3; then
+  python3 -S -c 'import sys; print("python=%d.%d.%d" % sys.version_info[:3]); print("python_impl=" + sys.implementation.name)' 2>/dev/null
+fi
 echo "cpus=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null)"
 awk '/^MemTotal:/ {print "mem_total_kb=" $2} /^MemAvailable:/ {print "mem_available_kb=" $2}' /proc/meminfo
 # Disk: the filesystem that will hold the weights is the nearest existing parent's.
@@ -142,6 +146,12 @@ def _version(text: str | None) -> str | None:
     return match.group(0).rstrip(",") if match else None
 
 
+def _glibc(text: str | None) -> str | None:
+    """getconf GNU_LIBC_VERSION: 'glibc 2.36' -> '2.36'."""
+    match = re.fullmatch(r"glibc (\d+\.\d+)\S*", (text or "").strip())
+    return match.group(1) if match else None
+
+
 def _unquote(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
@@ -210,7 +220,8 @@ def parse_host_facts(text: str) -> dict[str, Any]:
 
     complete (bool: the script ran to its end), uid,
     os_id, os_version_id, os_pretty_name, os_codename, os ("ubuntu 24.04"),
-    kernel, arch, cpus, mem_total_bytes, mem_available_bytes,
+    kernel, arch, glibc ("2.36"; None: musl or unknown), python (python3's "3.11.2"; None:
+    no python3), python_implementation ("cpython"), cpus, mem_total_bytes, mem_available_bytes,
     weights_existing_parent, weights_fs_mount, weights_fs_total_bytes, weights_fs_free_bytes,
     weights_present_bytes (0 when weights_dir does not exist yet),
     shm_total_bytes, shm_free_bytes, shm_fstype,
@@ -258,6 +269,9 @@ def parse_host_facts(text: str) -> dict[str, Any]:
         "os": f"{os_id} {os_version}" if os_id and os_version else None,
         "kernel": kv.get("kernel") or None,
         "arch": kv.get("arch") or None,
+        "glibc": _glibc(kv.get("glibc")),
+        "python": kv.get("python") or None,
+        "python_implementation": kv.get("python_impl") or None,
         "cpus": _int(kv.get("cpus")),
         "mem_total_bytes": _kb(kv.get("mem_total_kb")),
         "mem_available_bytes": _kb(kv.get("mem_available_kb")),

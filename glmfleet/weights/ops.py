@@ -7,7 +7,8 @@ application, bin/weights.pyz: glmfleet/weights/toolapp.py), run ON the host as a
 1. put weights.pyz and the manifest on the host (idempotent by sha256);
 2. look at the host with one read-only command (WeightsHostState: a stat-only check against
    the hash cache; it starts nothing, so --dry is safe) and, when a download may be needed,
-   install the Python packages it needs from the controller (glmfleet/weights/hostbundle.py);
+   install the Python packages it needs, chosen for the host's Python and platform
+   (glmfleet/weights/hostbundle.py);
 3. start `download --detach` (or attach to a job already running: exit 3 / the fact says
    so) and poll `status --wait N` until it ends, logging bytes (partial files included),
    rate and ETA per host, and a total line for the fleet;
@@ -123,6 +124,7 @@ class _Run:
         self.push_source: dict[str, str] = {}    # receiver -> the host it was copied from
         self.downloads: dict[str, dict] = {}     # host -> last status of its download job
         self.fleet_logged = 0.0                  # when the fleet progress line was last logged
+        self.bundles: dict[str, hostbundle.Bundle] = {}  # host -> its Python packages
 
 
 def _run(state) -> _Run:
@@ -233,14 +235,30 @@ def check_and_packages(s, manifest: dict):
         host.noop(why)
         return
     try:
-        bundle = hostbundle.build(s.weights_xet_wheel)
+        bundle = _bundle(host.state, host, s, look)
     except hostbundle.BundleError as e:
         yield from fail._inner(f"cannot build the Python packages for the download: {e}")
         return
     if bundle.digest in (look.get("bundles") or []):
-        host.noop(f"Python packages for the download are installed ({bundle.digest})")
+        host.noop(f"Python packages for the download are installed ({bundle.digest}, "
+                  f"{_xet_text(bundle)})")
         return
     yield FunctionCommand(_install_bundle, (s, bundle, not plan.job_running(look)), {})
+
+
+def _bundle(state, h, s, look: dict | None = None) -> hostbundle.Bundle:
+    """The host's Python packages: wheels for its own Python and platform (from its look)."""
+    r = _run(state)
+    if look is not None or h.name not in r.bundles:
+        look = look or h.get_fact(WeightsHostState, tool_dir=s.weights_tool_dir,
+                                  weights_dir=s.weights_dir)
+        r.bundles[h.name] = hostbundle.build(hostbundle.Target.from_facts(look), s.weights_wheel_dir)
+    return r.bundles[h.name]
+
+
+def _xet_text(bundle: hostbundle.Bundle) -> str:
+    return ("with hf_xet: Xet transfers on" if bundle.xet else
+            f"without hf_xet ({bundle.note}): plain HTTP(S) downloads, HF_HUB_DISABLE_XET=1")
 
 
 def _install_bundle(state, host, s, bundle: hostbundle.Bundle, prune: bool) -> bool:  # noqa: F811
@@ -252,7 +270,7 @@ def _install_bundle(state, host, s, bundle: hostbundle.Bundle, prune: bool) -> b
         ok = h.put_file(str(bundle.path), upload, print_input=state.print_input)
         err = err or f"upload of {bundle.path.name} failed"
     if ok:
-        cmd = plan.bundle_install_command(paths, bundle.digest, upload, hostbundle.IMPORT_CHECK,
+        cmd = plan.bundle_install_command(paths, bundle.digest, upload, bundle.import_check,
                                           bundle.xet, prune)
         ok, _, err = _sh(state, h, cmd, timeout=600)
     if not ok:
@@ -261,7 +279,7 @@ def _install_bundle(state, host, s, bundle: hostbundle.Bundle, prune: bool) -> b
                                           f"installing the Python packages for the download "
                                           f"into {paths.pylib} failed: {err.strip()[-300:]}"))
     _log(h, f"Python packages for the download installed in {paths.bundle_dir(bundle.digest)} "
-            f"({len(bundle.packages)} packages{', with hf_xet' if bundle.xet else ''})")
+            f"({len(bundle.packages)} packages from the {bundle.source}, {_xet_text(bundle)})")
     return True
 
 
@@ -291,7 +309,7 @@ class _Job:
             except PyinfraError as e:
                 raise _JobFailed(str(e)) from None
             try:
-                bundle = hostbundle.build(self.s.weights_xet_wheel)
+                bundle = _bundle(self.state, self.h, self.s)
             except hostbundle.BundleError as e:
                 raise _JobFailed(f"cannot build the Python packages for the download: {e}") from None
             env = {"pylib": self.paths.bundle_dir(bundle.digest), "xet": bundle.xet}

@@ -153,8 +153,8 @@ def bundle_install_command(p: HostPaths, digest: str, upload: str, import_check:
         f"  rm -rf {q(new)} {q(upload)}",
         "  pyv=$(python3 -V 2>&1); last=$(printf '%s\\n' \"$err\" | tail -n 1)",
         "  echo \"glmfleet: the Python packages shipped from the controller for the download do not "
-        "import with this host's $pyv ($last): deploy from a controller whose Python version "
-        "matches the hosts'\" >&2",
+        "import with this host's $pyv ($last): if weights_wheel_dir is set, check its wheels; "
+        "else clear the controller's cache (~/.cache/glmfleet/hostbundle) and deploy again\" >&2",
         "  exit 1",
         "fi",
         f"python3 -m compileall -q {q(new)} >/dev/null 2>&1 || true",  # faster imports later
@@ -202,6 +202,12 @@ def sha(path):
 out = {"python": sys.version.split()[0], "tool_sha256": sha(script),
        "manifest_sha256": sha(os.path.join(state_dir, "manifest.json")),
        "verified_revision": None, "job": None, "check": None, "check_error": None}
+try:  # what picks the wheels shipped for the download (glmfleet/weights/hostbundle.py)
+    libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+except (ValueError, OSError):
+    libc = ""
+out.update(machine=os.uname().machine, implementation=sys.implementation.name,
+           glibc=libc.split()[1] if libc.startswith("glibc ") else None)
 secret = os.path.join(tool_dir, "secrets", "hf-token")
 out["token_file"] = os.path.exists(secret) or os.path.exists(secret + ".tmp")
 pylib = os.path.join(tool_dir, "pylib")

@@ -8,6 +8,7 @@ tasks/preflight.py then tasks/weights.py, like deploy.py does.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -15,8 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
 from glmfleet.weights.hostside.common import human_bytes
+from testbed import Fleet
 from testbed.doubles import nvml
 from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
 
@@ -336,6 +339,61 @@ def test_fanout_fetches_from_the_hub_once_for_the_fleet(trio, pyinfra_cli, ckpt)
     hubs.reset()
     rc, out = pyinfra(pyinfra_cli, trio["inventory"], work, *args)
     assert rc == 0 and hubs.files() == {}, out[-3000:]
+
+
+# ---- the shipped Python packages, per host Python -------------------------------------------
+
+# Host kinds: (add_host keywords, the python3 minor version the kind has). Debian 13
+# (Python 3.13) runs once the testbed builds hosts of another Debian suite.
+HOST_KINDS = [
+    pytest.param({}, "3.11", id="debian12-py3.11"),
+    pytest.param({"suite": "trixie"}, "3.13", id="debian13-py3.13", marks=pytest.mark.skipif(
+        "suite" not in inspect.signature(Fleet.add_host).parameters,
+        reason="the testbed cannot build Debian 13 hosts yet (Fleet.add_host(suite=...))")),
+]
+
+
+@pytest.mark.parametrize("kind, python", HOST_KINDS)
+def test_packages_resolved_for_the_host_python_with_xet(fleet, ckpt, token_file, pyinfra_cli,
+                                                        tmp_path, kind, python):
+    """The controller picks wheels for the host's own python3 (not its own Python) and ships
+    hf_xet with them, so Xet is on (no HF_HUB_DISABLE_XET). The Hub double serves no Xet
+    (no X-Xet headers), so the client takes its plain HTTP path: every file is one complete
+    GET on the double."""
+    name = "w-py" + python.replace(".", "")
+    hubs = Hubs(ckpt[0], token=TOKEN)
+    h = new_host(fleet, name, **kind)
+    try:
+        inventory = fleet.write_inventory(tmp_path / "inv.py", hosts=[name],
+                                          host_data={name: host_data(hubs, h, token_file)})
+        rc, out = pyinfra(pyinfra_cli, inventory, tmp_path, "-vvv")  # -vvv: the commands
+        assert rc == 0, out[-5000:]
+        assert verified(h) == DEFAULT_REVISION
+        assert "with hf_xet: Xet transfers on" in out
+        starts = [ln for ln in out.splitlines() if " download " in ln and "--detach" in ln]
+        assert starts and not any("HF_HUB_DISABLE_XET" in ln for ln in starts), starts
+        assert all(st["complete"] == 1 for st in hubs.files().values())
+        # on the host: hf_xet imports from the shipped packages with the host's own python3
+        bundles = [d for d in (h.root / "opt/glmfleet/pylib").iterdir() if not d.name.startswith(".")]
+        assert len(bundles) == 1
+        meta = read_json(bundles[0] / "glmfleet-bundle.json")
+        assert meta["xet"] is True and meta["target"].startswith("cp" + python.replace(".", ""))
+        pylib = "/" + str(bundles[0].relative_to(h.root))
+        r = h.exec(f"env PYTHONPATH={pylib} python3 -c 'import sys, hf_xet, huggingface_hub; "
+                   "print(\"%d.%d\" % sys.version_info[:2], hf_xet.__file__, huggingface_hub.__file__)'")
+        version, xet_file, hub_file = r.stdout.split()
+        assert version == python
+        assert xet_file.startswith(pylib + "/") and hub_file.startswith(pylib + "/")
+        # Requires-Python of every shipped distribution admits the host's python3
+        pyfull = h.exec("python3 -c 'import platform; print(platform.python_version())'").stdout.strip()
+        for dist_info in bundles[0].glob("*.dist-info"):
+            requires = next((ln.split(":", 1)[1].strip() for ln in
+                             (dist_info / "METADATA").read_text().splitlines()
+                             if ln.startswith("Requires-Python:")), "")
+            assert SpecifierSet(requires).contains(pyfull), (dist_info.name, requires)
+    finally:
+        hubs.stop()
+        fleet.remove(name)
 
 
 # ---- one host each ----------------------------------------------------------------------

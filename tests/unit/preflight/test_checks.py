@@ -65,7 +65,7 @@ def test_the_target_box_passes(gpu, host, settings):
     bad = [c for c in found if c.status != "PASS"]
     # Only the open API is worth a word on a fully set-up box.
     assert [c.name for c in bad] == ["api_exposure"]
-    assert len({c.name for c in found}) == len(found) == 20
+    assert len({c.name for c in found}) == len(found) == 21
 
 
 # --- GPU checks ---------------------------------------------------------------------------
@@ -190,6 +190,28 @@ def test_os(host, settings):
     assert c.status == "FAIL" and "Ubuntu 20.04.6" in c.reason and "ubuntu 24.04" in c.remedy
     assert checks.check_os({**host, "os": None}, settings).status == "FAIL"
     assert checks.check_os({**host, "os": "rocky 9"}, with_(settings, supported_os=("Rocky  9",))).status == "PASS"
+
+
+def test_python_against_the_pinned_hub(host, settings):
+    """The bar is huggingface_hub's own Requires-Python, read from its installed metadata."""
+    from importlib import metadata
+    hub = checks.hub_python_requirement()
+    assert hub == (metadata.version("huggingface_hub"),
+                   metadata.metadata("huggingface_hub")["Requires-Python"])
+    c = checks.check_python(host, hub)
+    assert c.status == "PASS" and c.reason == "python3 3.12.3 (cpython; x86_64, glibc 2.39)"
+    jammy = parse_host_facts((DATA / "host-ubuntu2204.txt").read_text())
+    assert (jammy["python"], jammy["glibc"], jammy["arch"]) == ("3.10.12", "2.35", "x86_64")
+    assert checks.check_python(jammy, hub).status == "PASS"
+    old = checks.check_python({**host, "python": "3.9.2"}, ("2.4.0", ">=3.10.0"))
+    assert old.status == "FAIL" and "3.9.2" in old.reason and "huggingface_hub 2.4.0" in old.reason
+    assert ">=3.10.0" in old.reason and ">=3.10.0" in old.remedy
+    none = checks.check_python({**host, "python": None}, hub)
+    assert none.status == "FAIL" and "apt-get install -y python3" in none.remedy
+    pypy = checks.check_python({**host, "python_implementation": "pypy"}, hub)
+    assert pypy.status == "FAIL" and "CPython" in pypy.reason
+    found = run_checks(None, {**host, "python": "3.8.10"}, settings)
+    assert named(found, "python").status == "FAIL"
 
 
 def test_disk_counts_bytes_present_and_margin(host, settings):
@@ -399,6 +421,10 @@ def test_script_runs_here_and_finds_the_listener(tmp_path, listener):
     assert f["weights_present_bytes"] == 5002  # file bytes; the .cache partial left out
     assert f["weights_fs_free_bytes"] > 0
     assert [(lst["address"], lst["pid"]) for lst in f["port_listeners"]] == [("127.0.0.1", os.getpid())]
+    py = subprocess.run(["python3", "-c", "import platform; print(platform.python_version())"],
+                        capture_output=True, text=True).stdout.strip()
+    assert (f["python"], f["python_implementation"]) == (py, "cpython")
+    assert f["glibc"] == os.confstr("CS_GNU_LIBC_VERSION").split()[1] and f["arch"] == os.uname().machine
     missing = run_script(str(tmp_path / "not" / "yet"), listener)
     assert missing["weights_existing_parent"] == str(tmp_path) and missing["weights_present_bytes"] == 0
 
@@ -416,6 +442,7 @@ def test_script_without_ss_reads_proc_net_tcp(tmp_path, listener):
     assert f["port_listeners"][0]["address"] == "127.0.0.1"
     assert f["port_listeners"][0]["pid"] == os.getpid()
     assert f["docker_version"] is None and f["containers"] is None
+    assert f["python"] is None and f["glibc"]  # no python3 on that PATH: absent, no error
 
 
 def test_real_1x_h100_probe_output_is_refused_then_passes_with_matching_requirements():

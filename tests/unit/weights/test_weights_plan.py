@@ -6,11 +6,10 @@ application (weights.pyz, built by glmfleet/weights/toolapp.py)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import platform
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -188,76 +187,6 @@ def test_fleet_progress_line_sums_the_hosts_bytes_in_flight():
     assert P.fleet_progress_line({"c": done, "d": dict(done)}) is None  # nothing runs
 
 
-# ---- the host bundle -----------------------------------------------------------------------
-
-def test_closure_is_huggingface_hub_and_its_runtime_deps_without_xet():
-    names = {hb.normalize(d.metadata["Name"]) for d in hb.closure()}
-    assert {"huggingface-hub", "httpx2", "httpcore2", "anyio", "h11", "idna", "filelock",
-            "fsspec", "packaging", "tqdm", "typing-extensions", "pyyaml"} <= names
-    assert "hf-xet" not in names
-    assert "pytest" not in names and "pyinfra" not in names  # extras and strangers stay out
-
-
-@pytest.mark.parametrize("path, keep", [
-    ("huggingface_hub/file_download.py", True),
-    ("huggingface_hub-2.4.0.dist-info/METADATA", True),
-    ("huggingface_hub/__pycache__/x.cpython-311.pyc", False),
-    ("yaml/_yaml.cpython-311-x86_64-linux-gnu.so", False),
-    ("../../../bin/hf", False),
-])
-def test_wanted_files(path, keep):
-    assert hb.wanted(path) is keep
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return hb.build(directory=tmp_path_factory.mktemp("bundle"))
-
-
-def test_bundle_is_deterministic_and_pure_python(bundle, tmp_path):
-    again = hb.build(directory=tmp_path)  # a fresh cache dir: built anew, same bytes
-    assert again.sha256 == bundle.sha256 and again.path != bundle.path
-    import tarfile
-    with tarfile.open(bundle.path) as t:
-        names = t.getnames()
-        meta = json.load(t.extractfile(hb.META_NAME))
-    assert "huggingface_hub/__init__.py" in names
-    assert not [n for n in names if n.endswith(hb.BINARY_SUFFIXES) or "__pycache__" in n]
-    assert meta["packages"]["huggingface_hub"] == "2.4.0" and meta["xet"] is False
-
-
-def test_bundle_alone_imports_the_hub_client(bundle, tmp_path):
-    """With -S (no site-packages) only the bundle provides the packages, like on a host."""
-    import tarfile
-    with tarfile.open(bundle.path) as t:
-        t.extractall(tmp_path / "lib", filter="data")
-    code = f"import sys; sys.path.insert(0, {str(tmp_path / 'lib')!r}); {hb.IMPORT_CHECK}; " \
-           "import huggingface_hub as h; print(h.__version__, h.__file__)"
-    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
-                       env={"HF_HUB_DISABLE_XET": "1", "PATH": os.environ["PATH"]})
-    assert r.returncode == 0, r.stderr
-    version, where = r.stdout.split()
-    assert version == "2.4.0" and where.startswith(str(tmp_path / "lib"))
-
-
-def test_xet_wheel_is_added_as_given(tmp_path):
-    wheel = tmp_path / "hf_xet-1.8.0-cp37-abi3-manylinux_2_28_x86_64.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("hf_xet/__init__.py", "XET = True\n")
-        z.writestr("hf_xet-1.8.0.dist-info/METADATA", "Name: hf-xet\nVersion: 1.8.0\n")
-    b = hb.build(str(wheel), directory=tmp_path / "cache")
-    import tarfile
-    with tarfile.open(b.path) as t:
-        assert "hf_xet/__init__.py" in t.getnames()
-    assert b.xet
-    (tmp_path / "other.whl").write_bytes(wheel.read_bytes())
-    with pytest.raises(hb.BundleError, match="not an hf_xet wheel"):
-        hb.build(str(tmp_path / "other.whl"), directory=tmp_path / "cache")
-    (tmp_path / "hf_xet-bad.whl").write_bytes(b"not a zip")
-    with pytest.raises(hb.BundleError, match="cannot be read"):
-        hb.wheel_members(tmp_path / "hf_xet-bad.whl")
-
-
 # ---- the read-only look (WeightsHostState's script) --------------------------------------------
 
 def _scan(d: Path) -> list:
@@ -313,6 +242,10 @@ def test_look_is_read_only_and_sees_verified_weights(host_like):
     assert look["check"]["files"] == len(look["check"]["ok_paths"])
     assert look["tool_sha256"] == hashlib.sha256((tool / "bin" / "weights.pyz").read_bytes()).hexdigest()
     assert look["bundles"] == [] and look["token_file"] is False
+    # what picks the shipped wheels, as the host's python3 reports it
+    target = hb.Target.from_facts(look)
+    assert (target.python, target.machine) == (look["python"], platform.machine())
+    assert target.glibc == platform.libc_ver()[1] and target.implementation == "cpython"
 
 
 def test_look_sees_a_touched_shard_and_a_missing_file(host_like):
