@@ -92,9 +92,10 @@ class Kit:
         env.update(extra)
         return {k: v for k, v in env.items() if v is not None}
 
-    def run(self, *argv: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, env: dict | None = None, timeout: float = 90,
+            input: str = "") -> subprocess.CompletedProcess:
         return subprocess.run(list(argv), cwd=self.dir, env=env or self.env(), capture_output=True,
-                              text=True, timeout=timeout, start_new_session=True)
+                              text=True, timeout=timeout, start_new_session=True, input=input)
 
     def compose(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         return self.run(sys.executable, str(FAKE_COMPOSE), *args, env=env)
