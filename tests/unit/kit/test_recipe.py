@@ -109,6 +109,8 @@ def test_runtime_fingerprint_changes_only_with_what_the_container_runs(default_k
     assert runtime_fingerprint(kit(ready_timeout_s=60, smoke_timeout_s=60)[1]) == base
     assert runtime_fingerprint(kit(decode_context_parallel_size=2)[1]) != base
     assert runtime_fingerprint(kit(api_key="new-key-12345")[1]) != base
+    assert runtime_fingerprint(kit(reasoning_effort="medium")[1]) != base
+    assert runtime_fingerprint(kit(hf_cache_dir="/srv/hf-cache")[1]) != base
     assert runtime_fingerprint(kit(image="example/other:1")[1]) != base
     files = dict(default_kit[1])
     files["serve.sh"] = (files["serve.sh"][0] + "\n# changed\n", 0o755)
