@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Container entrypoint (mounted read-only at /recipe): builds the vLLM command line from the
-# environment that docker-compose.yml passes in from .env, checks it, and execs vLLM.
+# Container entrypoint (mounted read-only at /recipe, sourced by the login shell of the compose
+# entrypoint): builds the vLLM command line from the environment that docker-compose.yml
+# passes in from .env, checks it against the checkpoint, and execs vLLM.
 #   SERVE_PRINT_ARGS=1  print the command, one argument per line, instead of running it
 #   SERVE_PYTHON=...    interpreter to exec (for tests; the image's is /opt/venv/bin/python)
+#   SERVE_MODEL_DIR=... where the weights are (for tests; in the container /model)
 # The API key goes to vLLM as VLLM_API_KEY, never on the command line: argv shows in `ps` on
 # the host and vLLM logs its non-default arguments at startup.
 set -euo pipefail
@@ -37,6 +39,9 @@ need MAX_NUM_SEQS "$INT" "a number"
 need MAX_NUM_BATCHED_TOKENS "$INT" "a token count"
 need GPU_MEMORY_UTILIZATION '0?\.[0-9]+' "a fraction such as 0.95"
 need INDEX_TOPK_PATTERN 'F[FS]*' "an F/S string starting with F (one letter per layer)"
+effort=${REASONING_EFFORT:-}
+[[ -z $effort || $effort =~ ^[a-z]{1,16}$ ]] ||
+    die "REASONING_EFFORT='$effort' is not a short lowercase word such as high (empty = the template's own)"
 thinking=0 mtp=0
 if is_on ENABLE_THINKING; then thinking=1; fi
 if is_on ENABLE_MTP; then mtp=1; fi
@@ -49,6 +54,21 @@ fi
 # Every decode step of a sequence verifies spec+1 tokens: graphs must cover that many rows.
 capture=$((10#$MAX_NUM_SEQS * (spec + 1)))
 IFS=, read -ra names <<<"$SERVED_MODEL_NAMES"
+
+# One pattern letter per decoder layer of this checkpoint: vLLM would not notice a hand edit
+# that drops or adds one, and the indexer map would shift for every layer after it.
+config=$(cat "${SERVE_MODEL_DIR:-/model}/config.json" 2>/dev/null) || config=
+[[ $config =~ \"num_hidden_layers\"[[:space:]]*:[[:space:]]*([0-9]+) ]] ||
+    die "cannot read num_hidden_layers from /model/config.json: are the weights at MODEL_PATH (.env) complete?"
+layers=${BASH_REMATCH[1]}
+((${#INDEX_TOPK_PATTERN} == 10#$layers)) ||
+    die "INDEX_TOPK_PATTERN has ${#INDEX_TOPK_PATTERN} letters but the model has $layers layers" \
+        "(num_hidden_layers in config.json): one F/S per layer; restore the deployed value or redeploy"
+
+# Chat-template variables by default; a request's own chat_template_kwargs win over these.
+template_vars=()
+((thinking)) || template_vars+=('"enable_thinking": false')
+[[ -z $effort ]] || template_vars+=("\"reasoning_effort\": \"$effort\"")
 
 args=(
     serve /model
@@ -72,16 +92,17 @@ args=(
     --tool-call-parser glm47 --enable-auto-tool-choice
     --hf-overrides "{\"index_topk_pattern\": \"$INDEX_TOPK_PATTERN\"}"
 )
-if ((thinking)); then
-    args+=(--reasoning-parser glm45)
-else
-    # No parser, and the chat template told not to think: answers go straight to content.
-    args+=(--default-chat-template-kwargs '{"enable_thinking": false}')
+# Thinking off: no parser, and the chat template told not to think (answers go to content).
+((thinking)) && args+=(--reasoning-parser glm45)
+if ((${#template_vars[@]})); then
+    joined=$(printf ', %s' "${template_vars[@]}")
+    args+=(--default-chat-template-kwargs "{${joined:2}}")
 fi
 if ((mtp)); then
     args+=(--speculative-config "{\"model\": \"/model\", \"method\": \"mtp\", \"num_speculative_tokens\": $spec, \"moe_backend\": \"b12x\", \"draft_sample_method\": \"probabilistic\"}")
 fi
 
+# By absolute path: the login shell's profile may have reset PATH.
 python=${SERVE_PYTHON:-/opt/venv/bin/python}
 cmd=("$python" -m vllm.entrypoints.cli.main "${args[@]}")
 
@@ -95,7 +116,7 @@ unset API_KEY
 
 skips=${INDEX_TOPK_PATTERN//F/}
 echo "serve.sh: TP=$TP DCP=$DCP_SIZE max_model_len=$MAX_MODEL_LEN max_num_seqs=$MAX_NUM_SEQS" \
-    "cudagraph_capture=$capture thinking=$thinking mtp=$mtp(spec $spec)" \
+    "cudagraph_capture=$capture thinking=$thinking effort=${effort:-template default} mtp=$mtp(spec $spec)" \
     "index pattern: ${#skips} S of ${#INDEX_TOPK_PATTERN} layers; api key: $key_note" >&2
 if [[ $DCP_SIZE == 1 ]] && ((10#$MAX_MODEL_LEN > 131072)); then
     echo "serve.sh: WARNING: DCP_SIZE=1 replicates the KV cache per GPU; above ~131k" \

@@ -38,6 +38,7 @@ class Settings:
     model_repo: str
     model_revision: str | None
     weights_dir: str
+    hf_cache_dir: str
     hf_endpoint: str | None
     hf_token_file: str | None
     image: str
@@ -51,6 +52,7 @@ class Settings:
     served_model_name: str
     served_model_aliases: tuple[str, ...]
     enable_thinking: bool
+    reasoning_effort: str | None
     shm_size: str
     omp_num_threads: int
     tensor_parallel_size: int
@@ -245,6 +247,7 @@ PARSERS = {
     "model_repo": _str(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", "an owner/name Hub repo id"),
     "model_revision": _optional(_str(r"[0-9a-f]{40}", "a 40-hex lowercase commit sha (never a branch such as main)")),
     "weights_dir": _abs_path,
+    "hf_cache_dir": _abs_path,
     "hf_endpoint": _optional(_str(r"https?://\S+", "an http(s):// URL")),
     "hf_token_file": _optional(_str(desc="a path on the controller")),
     "image": _str(r"[a-z0-9][a-z0-9._/:@-]*", "a docker image reference (repo:tag)"),
@@ -261,6 +264,9 @@ PARSERS = {
     "served_model_aliases": lambda v: tuple(_str(r"[A-Za-z0-9._/-]+", "letters, digits, . _ / -")(x)
                                             for x in _str_list(v)),
     "enable_thinking": _bool,
+    # Lands in a JSON template variable: a plain word keeps quoting out of it (the template
+    # capitalizes it: "high" -> "Reasoning Effort: High").
+    "reasoning_effort": _optional(_str(r"[a-z]{1,16}", 'a short lowercase word such as "high", or None')),
     "shm_size": _str(r"\d+[kmg]?b?", 'a size such as "32gb"'),
     "omp_num_threads": _int(1, 1024),
     "tensor_parallel_size": _int(1, 16),

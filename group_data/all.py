@@ -11,6 +11,7 @@ preflight_report = "preflight-report.json"  # where (on the controller) the JSON
 model_repo = "0xSero/GLM-5.2-NVFP4-REAP-469B"  # Hugging Face repo of the checkpoint
 model_revision = None  # REQUIRED for a full deploy: the 40-hex commit to pin (never a branch)
 weights_dir = "/mnt/llm_models/GLM-5.2-NVFP4-REAP-469B"  # where the weights live on the host
+hf_cache_dir = "/root/.cache/huggingface"  # host's Hugging Face cache, mounted at the container's /root/.cache/huggingface
 hf_endpoint = None  # Hub mirror URL (HF_ENDPOINT); None = huggingface.co
 hf_token_file = None  # controller-side file holding the HF token; else $HF_TOKEN; None = anonymous
 
@@ -26,6 +27,7 @@ api_key_file = ".secrets/api-key"  # controller file (0600, relative = from wher
 served_model_name = "glm-5.2"  # primary model name in the API (aliases below are always added)
 served_model_aliases = ["GLM-5.2-NVFP4-REAP-469B", "GLM-5.2"]  # extra names clients may use
 enable_thinking = True  # reasoning on (glm45 parser); False = direct answers, no-think template
+reasoning_effort = "high"  # chat-template default for thinking (a client's own value wins); None = the template's "max"
 shm_size = "32gb"  # container /dev/shm (the recipe's value; ipc: host shares the host's too)
 omp_num_threads = 16  # OMP_NUM_THREADS inside the container
 

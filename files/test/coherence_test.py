@@ -5,7 +5,8 @@
   python3 test/coherence_test.py long    needle-in-a-haystack recall in a ~64k-token prompt
 
 A broken setup (no index pattern, wrong KV cache dtype) answers with garbage and fails these.
-Requests stream with no max_tokens; each case reports TTFT, prefill and decode tok/s.
+Requests stream with no max_tokens, sampled as the recipe's harness does (temperature 0.6 for
+the chat cases, 0.0 for the needle); each case reports TTFT, prefill and decode tok/s.
 Exit status 0 when every case passes.
 """
 
@@ -15,6 +16,8 @@ import argparse
 import sys
 
 from harnesslib import Runner, add_common_args, all_of, has_any, has_number, haystack
+
+TEMPERATURE = {"core": 0.6, "long": 0.0}
 
 
 def core(run: Runner) -> None:
@@ -67,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctx-tokens", type=int, default=64000, help="prompt size for 'long' (default 64000)")
     add_common_args(p)
     args = p.parse_args(argv)
-    run = Runner(args, f"coherence {args.suite}")
-    run.say(f"coherence {args.suite} against {run.target.base_url} (model {run.target.model or 'auto'})")
+    run = Runner(args, f"coherence {args.suite}", temperature=TEMPERATURE[args.suite])
+    run.say(f"coherence {args.suite} against {run.target.base_url} (model {run.target.model or 'auto'}, "
+            f"temperature {run.temperature})")
     if args.suite == "core":
         core(run)
     else:

@@ -1,6 +1,7 @@
 """Shared plumbing for the kit's test harnesses (python3 stdlib only).
 
-Each case streams one chat completion with no max_tokens, keeps reasoning and content apart,
+Each case streams one chat completion with no max_tokens at the suite's temperature (the
+recipe's: 0.6 chat, 0.0 needle recall, 0.2 long multi-turn), keeps reasoning and content apart,
 checks the content, and records TTFT, prefill tok/s and decode tok/s. `--json PATH` writes a
 summary a fleet controller can collect; the exit status is 0 only when every case passed.
 """
@@ -48,8 +49,8 @@ class CaseResult:
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace, suite: str):
-        self.args, self.suite = args, suite
+    def __init__(self, args: argparse.Namespace, suite: str, temperature: float):
+        self.args, self.suite, self.temperature = args, suite, temperature
         self.target = resolve_target(args.base_url, args.api_key, args.model)
         self.results: list[CaseResult] = []
         self.out = sys.stderr if args.json == "-" else sys.stdout  # keep stdout pure JSON
@@ -61,7 +62,7 @@ class Runner:
         """Run one streamed request; record and print the outcome. None if the request failed."""
         start = time.monotonic()
         try:
-            res = stream_chat(self.target, messages, timeout=self.args.timeout)
+            res = stream_chat(self.target, messages, timeout=self.args.timeout, temperature=self.temperature)
         except (ApiError, OSError, ValueError) as e:
             self._record(CaseResult(name, False, f"request failed: {e}", wall_s=time.monotonic() - start))
             return None
@@ -90,7 +91,7 @@ class Runner:
                  + (f"; failed: {', '.join(failed)}" if failed else ""))
         if self.args.json:
             summary = {"suite": self.suite, "base_url": self.target.base_url,
-                       "model": self.target.model, "passed": len(self.results) - len(failed),
+                       "model": self.target.model, "temperature": self.temperature, "passed": len(self.results) - len(failed),
                        "failed": len(failed), "ok": not failed and bool(self.results),
                        "cases": [asdict(r) for r in self.results]}
             text = json.dumps(summary, indent=1)

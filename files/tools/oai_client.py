@@ -9,6 +9,7 @@ The API key is read from the environment or .env, so it never has to appear in a
   oai_client.py probe                one GET /v1/models: 0 answering, 2 key refused, 1 not yet
   oai_client.py smoke --thinking 1   ask for READY; 0 when the answer has it
   oai_client.py chat PROMPT          stream a chat completion, reasoning dimmed above the answer
+                                     (PROMPT "-": read it from stdin; --hide-thinking: answer only)
   oai_client.py url                  print the base URL
 """
 
@@ -27,6 +28,7 @@ from typing import Callable, Iterator
 
 KIT_DIR = Path(__file__).resolve().parent.parent
 SMOKE_PROMPT = "Reply with exactly one word: READY"
+CHAT_TEMPERATURE = 0.6  # the recipe's chat sampling
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -227,12 +229,17 @@ def _cmd_smoke(target: Target, args) -> int:
 
 
 def _cmd_chat(target: Target, args) -> int:
-    prompt = " ".join(args.prompt)
+    prompt = sys.stdin.read() if args.prompt == ["-"] else " ".join(args.prompt)
+    if not prompt.strip():
+        print("chat: the prompt is empty", file=sys.stderr)
+        return 2
     color = (sys.stdout.isatty() or os.environ.get("FORCE_COLOR")) and not os.environ.get("NO_COLOR")
     dim, reset = ("\033[2m", "\033[0m") if color else ("", "")
     state = {"kind": None}
 
     def show(kind: str, text: str) -> None:
+        if kind == "reasoning" and args.hide_thinking:
+            return
         if kind != state["kind"]:
             if kind == "reasoning":
                 sys.stdout.write(f"{dim}[thinking]\n")
@@ -242,7 +249,9 @@ def _cmd_chat(target: Target, args) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    extra = {"max_tokens": int(os.environ["MAX_TOKENS"])} if os.environ.get("MAX_TOKENS") else {}
+    extra = {"temperature": args.temperature}
+    if os.environ.get("MAX_TOKENS"):
+        extra["max_tokens"] = int(os.environ["MAX_TOKENS"])
     try:
         result = stream_chat(target, [{"role": "user", "content": prompt}], on_text=show, **extra)
     except (ApiError, OSError) as e:
@@ -252,6 +261,8 @@ def _cmd_chat(target: Target, args) -> int:
     stats = [f"ttft {result.ttft_s:.2f}s" if result.ttft_s is not None else "no output"]
     if result.decode_tps:
         stats.append(f"{result.decode_tps:.1f} tok/s")
+    if args.hide_thinking and result.reasoning:
+        stats.append(f"{len(result.reasoning)} chars of thinking hidden")
     if result.finish_reason == "length":
         stats.append("stopped at max_tokens (raise it: thinking spends tokens first)")
     print(f"{dim}({', '.join(stats)}){reset}", file=sys.stderr)
@@ -269,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     smoke.add_argument("--thinking", type=int, choices=(0, 1), default=1)
     smoke.add_argument("--timeout", type=float, default=300)
     chat = sub.add_parser("chat")
-    chat.add_argument("prompt", nargs="+")
+    chat.add_argument("--hide-thinking", action="store_true", help="print the answer only")
+    chat.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE)
+    chat.add_argument("prompt", nargs="+", help='the prompt ("-": read it from stdin)')
     sub.add_parser("url")
     args = p.parse_args(argv)
     target = resolve_target(args.base_url, None, args.model)

@@ -73,9 +73,14 @@ def _flag(on: bool) -> str:
 
 def env_values(settings: Settings, pattern: str) -> dict[str, str]:
     """The .env variables (unquoted values, in file order): what the container and scripts read."""
-    if not _PATH_SAFE.fullmatch(settings.weights_dir):
-        raise KitError(f"weights_dir = {settings.weights_dir!r}: the compose volume needs a path "
-                       "of letters, digits and _ . / + @ % , = ~ - (no spaces or ':')")
+    for key in ("weights_dir", "hf_cache_dir"):
+        path = getattr(settings, key)
+        if not _PATH_SAFE.fullmatch(path):
+            raise KitError(f"{key} = {path!r}: the compose volume needs a path "
+                           "of letters, digits and _ . / + @ % , = ~ - (no spaces or ':')")
+    effort = settings.reasoning_effort or ""
+    if not re.fullmatch(r"[a-z]*", effort):
+        raise KitError(f"reasoning_effort = {effort!r}: a lowercase word (it goes into JSON as is)")
     for name in settings.served_names:
         if not _NAME_SAFE.fullmatch(name):
             raise KitError(f"served model name {name!r}: use letters, digits, . _ / - only")
@@ -85,11 +90,13 @@ def env_values(settings: Settings, pattern: str) -> dict[str, str]:
     return {
         "COMPOSE_PROJECT_NAME": settings.service_name,
         "MODEL_PATH": settings.weights_dir,
+        "HF_CACHE_DIR": settings.hf_cache_dir,
         "BIND_HOST": settings.bind_address,
         "PORT": str(settings.port),
         "API_KEY": settings.api_key or "",
         "SERVED_MODEL_NAMES": ",".join(settings.served_names),
         "ENABLE_THINKING": _flag(settings.enable_thinking),
+        "REASONING_EFFORT": effort,
         "TP": str(settings.tensor_parallel_size),
         "DCP_SIZE": str(settings.decode_context_parallel_size),
         "MAX_MODEL_LEN": str(settings.max_model_len),

@@ -28,6 +28,9 @@ VALIDATED_TP, VALIDATED_DCP, VALIDATED_MAX_MODEL_LEN = 4, 4, 250_000
 DCP_TABLE = {4: "250k context, 710k-token KV pool, ~60 tok/s",
              2: "250k context, ~355k-token KV pool, ~49 tok/s",
              1: "~131k context, ~178k-token KV pool, ~81 tok/s"}
+# The least KV cache per GPU a layout must leave after its share of the weights, within
+# gpu_memory_utilization of the GPU (the recipe's TP 4 leaves ~10 GB; below a few GiB it cannot serve).
+MIN_KV_GIB = 4
 # Failures the probe reports that a driver install fixes; their remedy names the version.
 DRIVER_ERRORS = ("no_driver", "driver_not_loaded")
 
@@ -402,7 +405,49 @@ def check_iommu(host: Mapping[str, Any]) -> Check:
                  f"IOMMU {mode or 'unknown'}; NCCL_P2P_DISABLE=1 is set anyway{acs_note}")
 
 
-def check_sizing(gpu: Mapping[str, Any], settings: Settings) -> Check:
+def kv_room(weights_bytes: int, tp: int, gpu_bytes: int, utilization: float) -> float:
+    """Bytes per GPU left for the KV cache: its share of the memory vLLM may take, less its
+    share of the weights."""
+    return gpu_bytes * utilization - weights_bytes / tp
+
+
+def smallest_fitting_tp(weights_bytes: int, gpu_bytes: int, utilization: float) -> int | None:
+    """The smallest tensor parallel size that leaves MIN_KV_GIB per GPU (None: not up to 16)."""
+    return next((tp for tp in range(1, 17)
+                 if kv_room(weights_bytes, tp, gpu_bytes, utilization) >= MIN_KV_GIB * GIB), None)
+
+
+def _weights_fit(gpu: Mapping[str, Any], settings: Settings, weights_total_bytes: int | None) -> Check | None:
+    """Whether each GPU holds its share of the weights and still MIN_KV_GIB of KV cache (None:
+    GPU memory unknown). A FAIL with the manifest's size; only a WARN with the estimate."""
+    sizes = [g["mem_total"] for g in _gpus(gpu) if g.get("mem_total")]
+    if not gpu.get("ok") or not sizes:
+        return None
+    tp, util = settings.tensor_parallel_size, settings.gpu_memory_utilization
+    estimated = weights_total_bytes is None
+    total = ESTIMATED_WEIGHTS_BYTES if estimated else weights_total_bytes
+    smallest = min(sizes)
+    left = kv_room(total, tp, smallest, util)
+    numbers = (f"{total / 1e9:.1f} GB of weights{' (estimated)' if estimated else ''} / TP {tp} = "
+               f"{gib(total / tp)} per GPU, of {gib(smallest * util)} usable ({gib(smallest)} x "
+               f"gpu_memory_utilization {util:g}): {gib(left)} left for the KV cache")
+    if left >= MIN_KV_GIB * GIB:
+        return Check("sizing", PASS, numbers)
+    fits = smallest_fitting_tp(total, smallest, util)
+    host = gpu.get("count") or len(sizes)
+    if fits is None:
+        remedy = "no tensor parallel size up to 16 fits GPUs of this size: use GPUs with more memory"
+    elif fits > host:
+        remedy = (f"the smallest tensor_parallel_size that fits is {fits}, more than this host's {host} "
+                  "GPUs: use a host with more (or larger) GPUs")
+    else:
+        remedy = f"set tensor_parallel_size {fits} (the smallest that fits) or more, with gpu_count to match"
+    return Check("sizing", WARN if estimated else FAIL,
+                 f"the weights cannot load with at least {MIN_KV_GIB} GiB of KV cache per GPU: {numbers}",
+                 remedy)
+
+
+def check_sizing(gpu: Mapping[str, Any], settings: Settings, weights_total_bytes: int | None = None) -> Check:
     tp, dcp = settings.tensor_parallel_size, settings.decode_context_parallel_size
     mml = settings.max_model_len
     found = gpu.get("count") if gpu.get("ok") else None
@@ -416,13 +461,17 @@ def check_sizing(gpu: Mapping[str, Any], settings: Settings) -> Check:
         return Check("sizing", FAIL, f"max_model_len {mml} with DCP 1 runs out of memory (the recipe "
                                      f"caps DCP 1 at ~{DCP1_MAX_MODEL_LEN})",
                      f"set decode_context_parallel_size 4, or max_model_len {DCP1_MAX_MODEL_LEN}")
+    fit = _weights_fit(gpu, settings, weights_total_bytes)
+    if fit is not None and fit.status != PASS:
+        return fit
+    memory = f"; {fit.reason}" if fit else ""
     shape = f"TP {tp}, DCP {dcp}, max_model_len {mml}"
     if (tp, dcp, mml) == (VALIDATED_TP, VALIDATED_DCP, VALIDATED_MAX_MODEL_LEN):
-        return Check("sizing", PASS, f"{shape}: the recipe's validated shape ({DCP_TABLE[dcp]})")
+        return Check("sizing", PASS, f"{shape}: the recipe's validated shape ({DCP_TABLE[dcp]}){memory}")
     measured = f"; the recipe measured DCP {dcp} at {DCP_TABLE[dcp]}" if dcp in DCP_TABLE else ""
     beyond = " (above the validated 250000: may not fit)" if mml > VALIDATED_MAX_MODEL_LEN else ""
     return Check("sizing", WARN,
-                 f"{shape}{beyond} differs from the validated TP 4 / DCP 4 / 250000{measured}",
+                 f"{shape}{beyond} differs from the validated TP 4 / DCP 4 / 250000{measured}{memory}",
                  "allowed; set decode_context_parallel_size 4 and max_model_len 250000 for the "
                  "validated setup")
 
@@ -481,7 +530,7 @@ def run_checks(gpu: Mapping[str, Any] | None, host: Mapping[str, Any] | None, se
         checks += [check_os(host, settings),
                    check_python(host, hub_python or hub_python_requirement()),
                    check_disk(host, settings, weights_total_bytes), check_port(host, settings)]
-    checks += [check_sizing(gpu, settings), check_api_exposure(settings)]
+    checks += [check_sizing(gpu, settings, weights_total_bytes), check_api_exposure(settings)]
     if probe_ok:
         checks += [check_persistence(gpu), check_pcie_link(gpu)]
     if host_ok:

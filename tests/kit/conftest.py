@@ -72,6 +72,9 @@ class Kit:
         self.pattern, _ = derive(None, self.settings.index_topk_pattern)
         self.dir = root / "kit"
         (root / "weights").mkdir(parents=True, exist_ok=True)
+        # What serve.sh reads of the checkpoint: its layer count (one pattern letter per layer).
+        (root / "weights" / "config.json").write_text(json.dumps({"num_hidden_layers": len(self.pattern)}))
+        self.record_path = root / "record.jsonl"
         write_kit(self.dir, render_kit(self.settings, self.pattern))
         self.base_url = f"http://127.0.0.1:{self.settings.port}"
         self.monitors: list[subprocess.Popen] = []
@@ -84,13 +87,15 @@ class Kit:
             "COMPOSE_CMD": f"{sys.executable} {FAKE_COMPOSE}",
             "LOG_CMD": "exec tail -n +1 -F .fake-compose/container.log 2>/dev/null",
             "FAKE_VLLM_STATS_INTERVAL": "0.3", "FAKE_VLLM_TOKEN_DELAY": "0.0005",
+            "FAKE_VLLM_RECORD": str(self.record_path),
         }
         env.update(extra)
         return {k: v for k, v in env.items() if v is not None}
 
-    def run(self, *argv: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, env: dict | None = None, timeout: float = 90,
+            input: str = "") -> subprocess.CompletedProcess:
         return subprocess.run(list(argv), cwd=self.dir, env=env or self.env(), capture_output=True,
-                              text=True, timeout=timeout, start_new_session=True)
+                              text=True, timeout=timeout, start_new_session=True, input=input)
 
     def compose(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         return self.run(sys.executable, str(FAKE_COMPOSE), *args, env=env)
@@ -116,6 +121,13 @@ class Kit:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.monitors.clear()
+
+    def records(self, event: str) -> list[dict]:
+        """What the serving double recorded (FAKE_VLLM_RECORD): "boot" or "chat" events."""
+        if not self.record_path.exists():
+            return []
+        lines = self.record_path.read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["event"] == event]
 
     def container_log(self) -> str:
         path = self.dir / ".fake-compose" / "container.log"

@@ -3,11 +3,15 @@
 
 Only what launch.sh and monitor.sh call, run in the kit folder (the compose project):
   version [--short]                 prints a version
-  up -d                             starts the service's "container": the kit's own serve.sh,
-                                    run here with the environment docker-compose.yml gives it
+  up -d                             starts the service's "container": the compose file's own
+                                    entrypoint (a login shell sourcing the kit's serve.sh), run
+                                    here with the environment docker-compose.yml gives it
                                     (${VAR} from the caller's environment first, then .env, as
-                                    compose interpolates), with the fake vLLM standing in for
-                                    the image's (SERVE_PYTHON + PYTHONPATH of the serving double).
+                                    compose interpolates), its bind mounts' container paths
+                                    mapped to their host paths (/recipe, /model), and the
+                                    serving double standing in for the image: its login profile
+                                    (image-profile.sh as $HOME/.bash_profile), its vLLM
+                                    (SERVE_PYTHON + PYTHONPATH, FAKE_VLLM_IMAGE=1).
                                     Running with the same environment: left alone, as compose does.
   logs [--no-color] [--tail N] [-f] the container's output
   ps [-q]                           the container "id" (its pid) while it runs
@@ -32,6 +36,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING_PKG = REPO / "testbed" / "doubles" / "serving" / "pkg"
+IMAGE_PROFILE = REPO / "testbed" / "doubles" / "serving" / "image-profile.sh"
 STATE = ".fake-compose"
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 
@@ -83,6 +88,27 @@ def container_env(project: Path, environ: dict[str, str]) -> dict[str, str]:
     return {k: interpolate(str(v), variables) for k, v in (service.get("environment") or {}).items()}
 
 
+def bind_mounts(project: Path, environ: dict[str, str]) -> dict[str, Path]:
+    """{container path: host path} of the service's bind mounts (named volumes left out)."""
+    variables = {**read_dotenv(project / ".env"), **environ}
+    _, service = load_service(project)
+    out = {}
+    for spec in service.get("volumes") or []:
+        source, target = interpolate(str(spec), variables).split(":")[:2]
+        if source.startswith((".", "/")):
+            out[target] = (project / source).resolve()
+    return out
+
+
+def entrypoint(project: Path, environ: dict[str, str]) -> list[str]:
+    """The service's entrypoint + command, with bind-mounted container paths made host paths."""
+    _, service = load_service(project)
+    argv = [str(a) for a in (service.get("entrypoint") or []) + (service.get("command") or [])]
+    for target, source in sorted(bind_mounts(project, environ).items(), key=lambda m: -len(m[0])):
+        argv = [re.sub(rf"(?<![\w/]){re.escape(target)}(?=/|\b)", str(source), a) for a in argv]
+    return argv
+
+
 # --- the commands --------------------------------------------------------------------------
 
 def _alive(pid: int) -> bool:
@@ -123,11 +149,16 @@ def up(project: Path, state: Path) -> int:
         return 0
     _stop(state)
     state.mkdir(exist_ok=True)
-    run_env = {**env, "PATH": os.environ["PATH"], "SERVE_PYTHON": sys.executable,
-               "PYTHONPATH": str(SERVING_PKG),
+    home = state / "home"  # the image's home: a login shell reads its profile from here
+    home.mkdir(exist_ok=True)
+    (home / ".bash_profile").write_text(IMAGE_PROFILE.read_text())
+    mounts = bind_mounts(project, dict(os.environ))
+    run_env = {**env, "PATH": os.environ["PATH"], "HOME": str(home), "SERVE_PYTHON": sys.executable,
+               "SERVE_MODEL_DIR": str(mounts.get("/model", "/model")),
+               "PYTHONPATH": str(SERVING_PKG), "FAKE_VLLM_IMAGE": "1",
                **{k: v for k, v in os.environ.items() if k.startswith("FAKE_VLLM_")}}
     with open(state / "container.log", "ab") as log:
-        proc = subprocess.Popen(["bash", str(project / "serve.sh")], env=run_env, cwd=project,
+        proc = subprocess.Popen(entrypoint(project, dict(os.environ)), env=run_env, cwd=project,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     (state / "pid").write_text(str(proc.pid))

@@ -14,6 +14,13 @@ vLLM as far as the kit and the deploy can observe:
   - while requests run, "Avg prompt throughput: X tokens/s, Avg generation throughput: Y
     tokens/s" lines every FAKE_VLLM_STATS_INTERVAL seconds.
 Answers come from fake_answers.py (READY on request, needle recall, small arithmetic, ...).
+Chat-template variables are merged as vLLM merges them: --default-chat-template-kwargs under
+the request's chat_template_kwargs; the checkpoint's template defaults (enable_thinking true,
+reasoning_effort "max") apply to what neither sets.
+
+Run as the image (FAKE_VLLM_IMAGE=1, set by the image's /opt/venv/bin/python), it boots only
+when the image's login profile ran (image-profile.sh marks it): a start without a login shell
+fails, as the real image's profile would be missing.
 
 Fault switches (environment):
   FAKE_VLLM_FAIL=boot         log an engine error during boot and exit 1
@@ -23,6 +30,10 @@ Fault switches (environment):
   FAKE_VLLM_STATS_INTERVAL=S  seconds between throughput lines (default 2; vLLM's is 10)
   FAKE_VLLM_TOKEN_DELAY=S     pause between streamed tokens (default 0.002)
   FAKE_VLLM_PREFILL_TPS=N     simulated prefill speed, tokens/s (default 200000)
+Observation (for tests):
+  FAKE_VLLM_RECORD=PATH       append one JSON line per event: at boot its argv and environment
+                              (the API key masked), per chat request the sampling parameters
+                              and the chat-template variables the template received
 
 Run: `python3 -m testbed.doubles.serving serve /model --port 8000 ...` from the repo root,
 `python3 testbed/doubles/serving serve ...`, or in an image as vllm.entrypoints.cli.main (pkg/).
@@ -62,6 +73,19 @@ VALUE_FLAGS = {  # flag -> type, for every valued flag serve.sh passes
 SWITCH_FLAGS = ("--trust-remote-code", "--enable-chunked-prefill", "--enable-prefix-caching",
                 "--async-scheduling", "--enable-auto-tool-choice")
 JSON_FLAGS = ("hf_overrides", "speculative_config", "default_chat_template_kwargs")
+
+
+# The checkpoint's chat template: its own values for what no one sets.
+TEMPLATE_DEFAULTS = {"enable_thinking": True, "reasoning_effort": "max"}
+PROFILE_MARK = "FAKE_VLLM_PROFILE"  # exported by image-profile.sh
+
+
+def record(event: str, **fields) -> None:
+    """One JSON line in $FAKE_VLLM_RECORD (nothing when unset)."""
+    path = os.environ.get("FAKE_VLLM_RECORD")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"event": event, **fields}) + "\n")
 
 
 def log(level: str, message: str) -> None:
@@ -250,7 +274,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _complete(self, body: dict, model: str, messages: list[dict], prompt_tokens: int) -> None:
         kwargs = {**(self.cfg.default_chat_template_kwargs or {}), **(body.get("chat_template_kwargs") or {})}
-        thinking = bool(self.cfg.reasoning_parser) and kwargs.get("enable_thinking", True) is not False
+        template = {**TEMPLATE_DEFAULTS, **kwargs}
+        # The template prints the effort (capitalized) into the system turn only when thinking.
+        effort_line = (f"Reasoning Effort: {str(template['reasoning_effort']).capitalize()}"
+                       if template["enable_thinking"] is not False else None)
+        record("chat", template_kwargs=kwargs, effort_line=effort_line,
+               **{k: body[k] for k in ("temperature", "top_p", "max_tokens", "stream") if k in body})
+        thinking = bool(self.cfg.reasoning_parser) and template["enable_thinking"] is not False
         if os.environ.get("FAKE_VLLM_FAIL") == "garbage":
             content = "lorem " * 60
         else:
@@ -379,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
+    env = {k: ("****" if k == "VLLM_API_KEY" else v) for k, v in os.environ.items()}
+    record("boot", argv=cfg.raw_argv, env=env)
+    if os.environ.get("FAKE_VLLM_IMAGE") == "1" and os.environ.get(PROFILE_MARK) != "loaded":
+        log("ERROR", "the image's profile scripts did not run (no login shell?): start the "
+                     "container with `/bin/bash -lc`, as the recipe does")
+        return 1
     boot_log(cfg)
     return serve(cfg)
 

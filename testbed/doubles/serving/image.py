@@ -5,7 +5,9 @@ bash and python3) plus:
   /opt/fake-vllm/        this folder (fake_vllm.py, fake_answers.py, the pkg/ shim)
   /opt/venv/bin/python   a wrapper putting the shim on PYTHONPATH, so the box kit's serve.sh
                          runs `/opt/venv/bin/python -m vllm.entrypoints.cli.main serve ...`
-                         unchanged and gets the fake.
+                         unchanged and gets the fake (FAKE_VLLM_IMAGE=1: it runs as the image).
+  /etc/profile.d/fake-vllm.sh  image-profile.sh: what only a login shell reads; the fake
+                         refuses to boot as the image without it (a non-login start fails).
 Docs, man pages and locales are left out (a smaller layer: vfs storage copies it whole).
 
     tarball()                         -> Path of the cached rootfs tarball (built once)
@@ -30,7 +32,9 @@ from testbed import rootfs
 
 HERE = Path(__file__).resolve().parent
 IMAGE_PREFIX = "/opt/fake-vllm"
-PYTHON_WRAPPER = f"#!/bin/sh\n# TEST DOUBLE image: runs the fake vLLM shim\nPYTHONPATH={IMAGE_PREFIX}/pkg exec python3 \"$@\"\n"
+PYTHON_WRAPPER = (f"#!/bin/sh\n# TEST DOUBLE image: runs the fake vLLM shim\n"
+                  f"FAKE_VLLM_IMAGE=1 PYTHONPATH={IMAGE_PREFIX}/pkg exec python3 \"$@\"\n")
+PROFILE_SCRIPT = HERE / "image-profile.sh"
 # Left out of the image: not needed by bash + python3, and vfs copies every byte per container.
 EXCLUDED = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
             "var/cache/apt", "var/lib/apt/lists", "etc/ssh", "root/.ssh")
@@ -57,7 +61,7 @@ def _sources_digest() -> str:
         if "__pycache__" in p.parts:
             continue
         h.update(str(p.relative_to(HERE)).encode() + b"\0" + p.read_bytes() + b"\0")
-    h.update(PYTHON_WRAPPER.encode() + repr(EXCLUDED).encode())
+    h.update(PYTHON_WRAPPER.encode() + repr(EXCLUDED).encode() + PROFILE_SCRIPT.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -107,6 +111,9 @@ def _write_tar(base: Path, out: Path) -> None:
         _add_dir(tar, "opt/venv", 0o755)
         _add_dir(tar, "opt/venv/bin", 0o755)
         _add_bytes(tar, "opt/venv/bin/python", PYTHON_WRAPPER.encode(), 0o755)
+        if not (base / "etc" / "profile.d").is_dir():
+            _add_dir(tar, "etc/profile.d", 0o755)
+        _add_bytes(tar, "etc/profile.d/fake-vllm.sh", PROFILE_SCRIPT.read_bytes(), 0o644)
 
 
 def _add_dir(tar: tarfile.TarFile, name: str, mode: int) -> None:

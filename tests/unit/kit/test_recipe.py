@@ -44,7 +44,13 @@ RECIPE_ENV = {
     "B12X_DENSE_SPLITK_TURBO": "1", "B12X_W4A16_TC_DECODE": "1", "B12X_MOE_FORCE_A16": "1",
     "XDG_CACHE_HOME": "/cache/jit", "VLLM_CACHE_DIR": "/cache/jit/vllm",
 }
-SERVE_VARS = ("BIND_HOST", "PORT", "API_KEY", "SERVED_MODEL_NAMES", "ENABLE_THINKING", "TP", "DCP_SIZE",
+# recipe-facts.md, "Cache locations set by launch.sh": every one on the JIT volume here (the
+# recipe leaves the last four under /root/.cache, lost with the container).
+CACHE_VARS = ("XDG_CACHE_HOME", "CUDA_CACHE_PATH", "VLLM_CACHE_DIR", "TVM_FFI_CACHE_DIR",
+              "FLASHINFER_WORKSPACE_BASE", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR",
+              "TORCHINDUCTOR_CACHE_DIR", "CUTE_DSL_CACHE_DIR")
+SERVE_VARS = ("BIND_HOST", "PORT", "API_KEY", "SERVED_MODEL_NAMES", "ENABLE_THINKING", "REASONING_EFFORT", "TP",
+              "DCP_SIZE",
               "MAX_MODEL_LEN", "MAX_NUM_SEQS", "MAX_NUM_BATCHED_TOKENS", "GPU_MEMORY_UTILIZATION",
               "ENABLE_MTP", "NUM_SPECULATIVE_TOKENS", "INDEX_TOPK_PATTERN")
 
@@ -103,6 +109,8 @@ def test_runtime_fingerprint_changes_only_with_what_the_container_runs(default_k
     assert runtime_fingerprint(kit(ready_timeout_s=60, smoke_timeout_s=60)[1]) == base
     assert runtime_fingerprint(kit(decode_context_parallel_size=2)[1]) != base
     assert runtime_fingerprint(kit(api_key="new-key-12345")[1]) != base
+    assert runtime_fingerprint(kit(reasoning_effort="medium")[1]) != base
+    assert runtime_fingerprint(kit(hf_cache_dir="/srv/hf-cache")[1]) != base
     assert runtime_fingerprint(kit(image="example/other:1")[1]) != base
     files = dict(default_kit[1])
     files["serve.sh"] = (files["serve.sh"][0] + "\n# changed\n", 0o755)
@@ -136,7 +144,8 @@ def test_compose_container_settings(service):
     assert svc["privileged"] is True
     assert svc["ulimits"] == {"memlock": -1, "stack": 67108864}
     assert svc["logging"] == {"driver": "json-file", "options": {"max-size": "100m", "max-file": "5"}}
-    assert svc["entrypoint"] == ["/bin/bash", "/recipe/serve.sh"]
+    # A login shell, as the recipe starts it (the kit tests check its effect on the served process).
+    assert svc["entrypoint"] == ["/bin/bash", "-lc", ". /recipe/serve.sh"]
 
 
 def test_compose_reserves_all_gpus_through_nvidia(service):
@@ -148,7 +157,8 @@ def test_compose_reserves_all_gpus_through_nvidia(service):
 
 def test_compose_volumes(service):
     _, svc = service
-    assert svc["volumes"] == ["${MODEL_PATH}:/model:ro", ".:/recipe:ro", "jit-cache:/cache/jit"]
+    assert svc["volumes"] == ["${MODEL_PATH}:/model:ro", ".:/recipe:ro", "jit-cache:/cache/jit",
+                              "${HF_CACHE_DIR}:/root/.cache/huggingface"]
 
 
 @pytest.mark.parametrize("name", sorted(RECIPE_ENV))
@@ -158,9 +168,13 @@ def test_compose_sets_recipe_environment(service, name):
 
 
 def test_compose_caches_all_live_on_the_jit_volume(service):
-    _, svc = service
-    for name in ("CUDA_CACHE_PATH", "TVM_FFI_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE", "TORCH_EXTENSIONS_DIR"):
-        assert svc["environment"][name].startswith("/cache/jit")
+    doc, svc = service
+    assert "jit-cache:/cache/jit" in svc["volumes"] and "jit-cache" in doc["volumes"]  # a named volume
+    for name in CACHE_VARS:
+        value = svc["environment"][name]
+        assert value == "/cache/jit" or value.startswith("/cache/jit/"), (name, value)
+    # The Hugging Face cache is the mounted host folder, not XDG_CACHE_HOME's default under the volume.
+    assert svc["environment"]["HF_HOME"] == "/root/.cache/huggingface"
 
 
 def test_compose_passes_every_serve_setting_from_dotenv(service):
@@ -221,15 +235,21 @@ def test_bad_pattern_is_refused():
 
 # --- serve.sh in print mode -------------------------------------------------------------------
 
-def serve(tmp_path, files, environ=None, dotenv_edits=None):
-    """Run serve.sh as the container would: (argv after `-m vllm.entrypoints.cli.main`, stderr, rc)."""
+def serve(tmp_path, files, environ=None, dotenv_edits=None, layers=78):
+    """Run serve.sh as the container would: (argv after `-m vllm.entrypoints.cli.main`, stderr, rc).
+    The checkpoint's config.json says `layers` (None: no config.json at all)."""
     write_kit(tmp_path, files)
     if dotenv_edits:
         with open(tmp_path / ".env", "a") as f:  # a hand edit: the last assignment wins
             f.writelines(f"{k}={v}\n" for k, v in dotenv_edits.items())
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    if layers is not None:
+        (model / "config.json").write_text(json.dumps({"num_hidden_layers": layers}))
     env = fake_compose.container_env(tmp_path, environ or {})
     res = subprocess.run(["bash", str(tmp_path / "serve.sh")], capture_output=True, text=True,
-                         env={**env, "PATH": os.environ["PATH"], "SERVE_PRINT_ARGS": "1"})
+                         env={**env, "PATH": os.environ["PATH"], "SERVE_PRINT_ARGS": "1",
+                              "SERVE_MODEL_DIR": str(model)})
     lines = res.stdout.splitlines()
     if res.returncode == 0:
         assert lines[:4] == ["/opt/venv/bin/python", "-m", "vllm.entrypoints.cli.main", "serve"]
@@ -281,10 +301,9 @@ def test_serve_builds_every_recipe_flag(tmp_path, thinking, mtp, dcp):
     expected["--max-model-len"] = [str(max_len)]
     expected["--max-cudagraph-capture-size"] = [str(s.cudagraph_capture_size)]
     expected["--hf-overrides"] = got.get("--hf-overrides", [])
+    expected["--default-chat-template-kwargs"] = got.get("--default-chat-template-kwargs", [])
     if thinking:
         expected["--reasoning-parser"] = ["glm45"]
-    else:
-        expected["--default-chat-template-kwargs"] = ['{"enable_thinking": false}']
     if mtp:
         expected["--speculative-config"] = got.get("--speculative-config", [])
     assert got == expected
@@ -294,8 +313,70 @@ def test_serve_builds_every_recipe_flag(tmp_path, thinking, mtp, dcp):
         assert json.loads(got["--speculative-config"][0]) == {
             "model": "/model", "method": "mtp", "num_speculative_tokens": 3, "moe_backend": "b12x",
             "draft_sample_method": "probabilistic"}
-    if not thinking:
-        assert json.loads(got["--default-chat-template-kwargs"][0]) == {"enable_thinking": False}
+    kwargs = json.loads(got["--default-chat-template-kwargs"][0])
+    assert kwargs == ({"reasoning_effort": "high"} if thinking else
+                      {"enable_thinking": False, "reasoning_effort": "high"})
+
+
+# The recipe's `vllm serve` values (recipe-facts.md, "Server"), default shape: DCP 4, thinking on,
+# MTP 3, plus the reasoning effort default of upstream's 2026-06 change as a template variable.
+RECIPE_ARGV = {
+    **ALWAYS,
+    "--decode-context-parallel-size": ["4"], "--max-model-len": ["250000"],
+    "--max-cudagraph-capture-size": ["8"],
+    "--hf-overrides": {"index_topk_pattern": "FFF" + "SSS" + "FSSS" * 18},
+    "--speculative-config": {"model": "/model", "method": "mtp", "num_speculative_tokens": 3,
+                             "moe_backend": "b12x", "draft_sample_method": "probabilistic"},
+    "--reasoning-parser": ["glm45"],
+    "--default-chat-template-kwargs": {"reasoning_effort": "high"},
+}
+RECIPE_VARIANTS = {
+    "default": ({}, {}),
+    # ENABLE_THINKING=0: no parser, the template told not to think (the effort stays a default
+    # for a client that turns thinking back on per request).
+    "thinking-off": ({"enable_thinking": False},
+                     {"--reasoning-parser": None,
+                      "--default-chat-template-kwargs": {"enable_thinking": False, "reasoning_effort": "high"}}),
+    "dcp1": ({"decode_context_parallel_size": 1, "max_model_len": 131072},
+             {"--decode-context-parallel-size": ["1"], "--max-model-len": ["131072"]}),
+    "dcp2": ({"decode_context_parallel_size": 2}, {"--decode-context-parallel-size": ["2"]}),
+}
+JSON_VALUED = ("--hf-overrides", "--speculative-config", "--default-chat-template-kwargs")
+
+
+@pytest.mark.parametrize("variant", RECIPE_VARIANTS)
+def test_rendered_argv_matches_the_recipe_field_by_field(tmp_path, variant):
+    overrides, changes = RECIPE_VARIANTS[variant]
+    argv, stderr, rc = serve(tmp_path, kit(**overrides)[1])
+    assert rc == 0, stderr
+    got = flags(argv)
+    for flag in JSON_VALUED:
+        if flag in got:
+            (raw,) = got[flag]
+            got[flag] = json.loads(raw)
+    expected = {k: v for k, v in {**RECIPE_ARGV, **changes}.items() if v is not None}
+    wrong = {flag: (got.get(flag), want) for flag, want in expected.items() if got.get(flag) != want}
+    extra = sorted(set(got) - set(expected))
+    assert not wrong and not extra, f"differs from the recipe: {wrong}; not in the recipe: {extra}"
+
+
+@pytest.mark.parametrize("effort", ["high", "low", None])
+@pytest.mark.parametrize("thinking", [True, False], ids=["think", "no-think"])
+def test_reasoning_effort_is_a_default_template_variable(tmp_path, thinking, effort):
+    _, files = kit(enable_thinking=thinking, reasoning_effort=effort)
+    argv, stderr, rc = serve(tmp_path, files)
+    assert rc == 0, stderr
+    raw = flags(argv).get("--default-chat-template-kwargs")
+    expected = {**({} if thinking else {"enable_thinking": False}),
+                **({"reasoning_effort": effort} if effort else {})}
+    assert (json.loads(raw[0]) if raw else {}) == expected
+    assert f"effort={effort or 'template default'}" in stderr
+
+
+@pytest.mark.parametrize("value", ["High", "max effort", 'x", "enable_thinking": true', "a" * 17])
+def test_reasoning_effort_must_be_a_short_lowercase_word(value):
+    with pytest.raises(SettingsError, match="reasoning_effort"):
+        settings(reasoning_effort=value)
 
 
 def test_default_pattern_reaches_vllm_with_57_skip_layers(tmp_path, default_kit):
@@ -338,11 +419,29 @@ def test_api_key_reaches_vllm_by_environment_only(tmp_path):
     env = fake_compose.container_env(tmp_path, {})
     script = (tmp_path / "serve.sh").read_text().replace('exec "${cmd[@]}"', 'printenv VLLM_API_KEY')
     res = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                         env={**env, "PATH": os.environ["PATH"]})
+                         env={**env, "PATH": os.environ["PATH"], "SERVE_MODEL_DIR": str(tmp_path / "model")})
     assert res.stdout.strip() == "top-secret-1234"
 
 
+@pytest.mark.parametrize("pattern, layers", [
+    (DEFAULT_PATTERN[:-1], 78),  # a hand edit that lost a letter
+    (DEFAULT_PATTERN + "S", 78),  # or gained one
+    (DEFAULT_PATTERN, 79),  # a checkpoint with another layer count
+])
+def test_serve_refuses_a_pattern_whose_length_is_not_the_layer_count(tmp_path, default_kit, pattern, layers):
+    argv, stderr, rc = serve(tmp_path, default_kit[1], dotenv_edits={"INDEX_TOPK_PATTERN": pattern},
+                             layers=layers)
+    assert rc == 64 and argv == []
+    assert f"INDEX_TOPK_PATTERN has {len(pattern)} letters but the model has {layers} layers" in stderr
+
+
+def test_serve_refuses_to_start_without_the_checkpoint_config(tmp_path, default_kit):
+    argv, stderr, rc = serve(tmp_path, default_kit[1], layers=None)
+    assert rc == 64 and argv == [] and "/model/config.json" in stderr
+
+
 @pytest.mark.parametrize("edit, name", [
+    ({"REASONING_EFFORT": "High"}, "REASONING_EFFORT"),
     ({"INDEX_TOPK_PATTERN": ""}, "INDEX_TOPK_PATTERN"),
     ({"INDEX_TOPK_PATTERN": "FSX"}, "INDEX_TOPK_PATTERN"),
     ({"DCP_SIZE": "3"}, "DCP_SIZE"),

@@ -293,6 +293,50 @@ def test_sizing(gpu, settings):
     assert checks.check_sizing(gpu, with_(settings, decode_context_parallel_size=3)).status == "FAIL"
 
 
+RECIPE_WEIGHTS = 313_046_722_560  # bytes, as a manifest of the checkpoint sums them
+
+
+def test_sizing_leaves_room_for_the_kv_cache_on_the_recipe_box(gpu, settings):
+    c = checks.check_sizing(gpu, settings, RECIPE_WEIGHTS)
+    # 313.0 GB / 4 = 72.9 GiB per GPU of 95.6 GiB x 0.95 = 90.8 GiB: 17.9 GiB for the KV cache.
+    assert c.status == "PASS"
+    assert "72.9 GiB per GPU" in c.reason and "90.8 GiB usable" in c.reason and "17.9 GiB left" in c.reason
+
+
+def test_sizing_refuses_a_tp_too_small_for_the_weights(gpu, settings):
+    two = with_(settings, tensor_parallel_size=2, decode_context_parallel_size=2)
+    c = checks.check_sizing(gpu, two, RECIPE_WEIGHTS)
+    assert c.status == "FAIL"
+    assert "313.0 GB of weights / TP 2 = 145.8 GiB per GPU" in c.reason and "-55.0 GiB left" in c.reason
+    assert "tensor_parallel_size 4 (the smallest that fits)" in c.remedy
+    # The whole run drops the host on it.
+    found = run_checks(gpu, None, two, weights_total_bytes=RECIPE_WEIGHTS)
+    assert named(found, "sizing").status == "FAIL"
+    # Without the manifest the size is the recipe's estimate: worth a warning, not a refusal.
+    assert checks.check_sizing(gpu, two).status == "WARN"
+
+
+def test_sizing_keeps_4_gib_of_kv_cache_per_gpu(gpu, settings):
+    # 0.80 of 95.6 GiB = 76.5 GiB; 72.9 GiB of weights leave 3.6 GiB: too little to serve.
+    tight = with_(settings, gpu_memory_utilization=0.80)
+    c = checks.check_sizing(gpu, tight, RECIPE_WEIGHTS)
+    assert c.status == "FAIL" and "3.6 GiB left for the KV cache" in c.reason
+    assert "smallest tensor_parallel_size that fits is 5, more than this host's 4 GPUs" in c.remedy
+    assert checks.check_sizing(gpu, with_(settings, gpu_memory_utilization=0.85), RECIPE_WEIGHTS).status == "PASS"
+    # The smallest GPU decides.
+    small = copy.deepcopy(gpu)
+    small["gpus"][2]["mem_total"] = 80 * GIB
+    c = checks.check_sizing(small, settings, RECIPE_WEIGHTS)
+    assert c.status == "FAIL" and "of 76.0 GiB usable (80.0 GiB x" in c.reason
+
+
+def test_smallest_fitting_tp():
+    assert checks.smallest_fitting_tp(RECIPE_WEIGHTS, 102641430528, 0.95) == 4
+    assert checks.smallest_fitting_tp(RECIPE_WEIGHTS, 80 * GIB, 0.95) == 5
+    assert checks.smallest_fitting_tp(10 * GIB, 80 * GIB, 0.95) == 1
+    assert checks.smallest_fitting_tp(10**15, 80 * GIB, 0.95) is None
+
+
 def test_docker_compose_toolkit_never_fail(host):
     bare = parse_host_facts((DATA / "host-debian12.txt").read_text())
     for fn in (checks.check_docker, checks.check_compose, checks.check_nvidia_toolkit):
