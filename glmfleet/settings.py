@@ -99,6 +99,13 @@ class Settings:
     # Service
     status_harness: str | None
 
+    def __repr__(self) -> str:
+        # Settings travel as operation and function-command arguments, which pyinfra prints
+        # in some modes: the API key is never part of the text.
+        fields = ", ".join(f"{f.name}={'<set>' if f.name == 'api_key' and self.api_key else repr(getattr(self, f.name))}"
+                           for f in dataclasses.fields(self))
+        return f"Settings({fields})"
+
     @property
     def cudagraph_capture_size(self) -> int:
         """The recipe's rule: max-num-seqs x (speculative tokens + 1)."""
@@ -214,7 +221,17 @@ def _pattern(v: Any) -> str:
     return v
 
 
-_URL = r"https?://\S+"
+# A URL a setting writes into apt's configuration, a deb822 source, an environment file or a
+# command: scheme, optional user:password@, host (name, IPv4 or [IPv6]), optional port and
+# path, and nothing else. Quotes, semicolons, braces, whitespace or a query cannot get
+# through, so no value can end the string it is written into (apt's `Proxy "...";`).
+_URL_START = (r"https?://([A-Za-z0-9._~%-]+(:[A-Za-z0-9._~%-]*)?@)?"
+              r"([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+_URL_PATH_CHAR = r"[A-Za-z0-9._~%/+@=-]"
+_URL = _URL_START + rf"(/{_URL_PATH_CHAR}*)?"
+# NVIDIA's repository path carries the literal $(ARCH) (filled in by glmfleet.docker.plan).
+_URL_ARCH = _URL_START + rf"(/({_URL_PATH_CHAR}|\$\(ARCH\))*)?"
+_URL_DESC = "an http(s):// URL: scheme, host, optional port and path (no quotes, ';', braces, spaces or query)"
 _APT_VERSION = r"[0-9][0-9A-Za-z.+~:-]*"
 
 
@@ -237,7 +254,7 @@ PARSERS = {
     "model_repo": _str(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", "an owner/name Hub repo id"),
     "model_revision": _optional(_str(r"[0-9a-f]{40}", "a 40-hex lowercase commit sha (never a branch such as main)")),
     "weights_dir": _abs_path,
-    "hf_endpoint": _optional(_str(r"https?://\S+", "an http(s):// URL")),
+    "hf_endpoint": _optional(_str(_URL, _URL_DESC)),
     "hf_token_file": _optional(_str(desc="a path on the controller")),
     "image": _str(r"[a-z0-9][a-z0-9._/:@-]*", "a docker image reference (repo:tag)"),
     "image_cuda_version": _str(r"\d+\.\d+", 'a CUDA version "major.minor", e.g. "13.2"'),
@@ -277,15 +294,15 @@ PARSERS = {
     "docker_packages": _choice("docker-ce", "distro"),
     "docker_version": _optional(_str(_APT_VERSION, "an apt version string, e.g. 5:28.5.2-1~ubuntu.24.04~noble")),
     "docker_remove_conflicts": _bool,
-    "docker_repo_url": _optional(_str(_URL, "an http(s):// URL")),
-    "docker_key_url": _optional(_str(_URL, "an http(s):// URL")),
+    "docker_repo_url": _optional(_str(_URL, _URL_DESC)),
+    "docker_key_url": _optional(_str(_URL, _URL_DESC)),
     "docker_key_fingerprint": _fingerprint,
-    "nvidia_repo_url": _str(_URL, "an http(s):// URL (may contain $(ARCH))"),
-    "nvidia_key_url": _str(_URL, "an http(s):// URL"),
+    "nvidia_repo_url": _str(_URL_ARCH, _URL_DESC + "; may contain $(ARCH)"),
+    "nvidia_key_url": _str(_URL, _URL_DESC),
     "nvidia_key_fingerprint": _fingerprint,
     "nvidia_toolkit_version": _optional(_str(_APT_VERSION, "an apt version string, e.g. 1.17.8-1")),
     "nvidia_cdi": _choice("auto", "on", "off"),
-    "apt_proxy": _optional(_str(_URL, "an http(s):// proxy URL, e.g. http://proxy.example:3142")),
+    "apt_proxy": _optional(_str(_URL, _URL_DESC + ", e.g. http://proxy.example:3142")),
     "docker_log_max_size": _str(r"[1-9]\d*[kmg]", 'a size such as "100m" (k, m or g)'),
     "docker_log_max_file": _int(1, 100),
     "gpu_check_image": _optional(_str(r"[a-z0-9][a-z0-9._/:@-]*", "a docker image reference (repo:tag)")),

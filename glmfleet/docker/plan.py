@@ -288,6 +288,9 @@ def installed_key_ok(keyring: Mapping[str, Any] | None, pinned: str) -> bool:
 # --- apt proxy -----------------------------------------------------------------------------
 
 def apt_proxy_conf(url: str) -> str:
+    # settings.py admits only plain URLs; refuse here too, as this text becomes root's apt config
+    if re.search(r'["\';{}\\\s]', url):
+        raise PlanError(f"apt_proxy {url!r} holds a quote, ';', brace or space: not a plain URL")
     return ("// Managed by glmfleet (setting apt_proxy): every apt download on this host goes\n"
             "// through this proxy, including Docker's and NVIDIA's repositories.\n"
             f'Acquire::http::Proxy "{url}";\n'

@@ -451,6 +451,8 @@ def test_apt_proxy_conf():
     conf = plan.apt_proxy_conf("http://proxy.lan:3142")
     assert 'Acquire::http::Proxy "http://proxy.lan:3142";' in conf
     assert 'Acquire::https::Proxy "http://proxy.lan:3142";' in conf
+    with pytest.raises(plan.PlanError, match="not a plain URL"):
+        plan.apt_proxy_conf('http://x";APT::Update::Pre-Invoke{"id";};//')
 
 
 # --- settings of this stage ------------------------------------------------------------------
