@@ -131,6 +131,11 @@ class Job:
     plan: svc.Plan
     endpoint: str
 
+    def __repr__(self) -> str:
+        # A job is a function-command argument, which pyinfra prints in some modes; its files
+        # hold .env (the API key), so only their names are shown.
+        return f"Job({self.endpoint}, kit files: {', '.join(sorted(self.files))})"
+
 
 def _earlier_failure() -> str | None:
     stages = runctx.run_for(host.state).stages.get(host.name, {})
