@@ -8,6 +8,7 @@
 #   BASE_URL (where the API is reached; default from BIND_HOST/PORT in .env).
 # Exit status: 0 ready and answering, 1 failed (the container's log tail is printed).
 set -euo pipefail
+umask 027  # kit logs hold requests and errors: not for every local user
 KIT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$KIT_DIR"
 # shellcheck source-path=SCRIPTDIR source=tools/kitlib.sh

@@ -9,6 +9,7 @@
 # Environment: LOG_CMD (a shell command whose output replaces the container log, for tests),
 #   LOG_MAX_BYTES (rotation size, default 100 MB), LOG_KEEP (old files kept, default 4).
 set -euo pipefail
+umask 027  # kit logs hold requests and errors: not for every local user
 KIT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$KIT_DIR"
 # shellcheck source-path=SCRIPTDIR source=tools/kitlib.sh

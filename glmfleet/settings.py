@@ -187,9 +187,12 @@ def _optional(inner):
 
 
 def _abs_path(v: Any) -> str:
-    # No whitespace or ':' either: the path lands in a compose volume line (src:dst:ro).
-    if (not isinstance(v, str) or not re.fullmatch(r"/[^\s:\x00]*", v) or v.rstrip("/") == ""):
-        raise ValueError("an absolute path without spaces or ':', such as /mnt/llm_models/GLM (not /)")
+    # Letters, digits and . _ - + @ only: the path lands in a compose volume line (src:dst:ro,
+    # so no ':'), in a systemd unit (where '%' is a specifier and '$' expands), in .env and
+    # in shell commands. Refused rather than escaped for each of them.
+    if (not isinstance(v, str) or not re.fullmatch(r"/[A-Za-z0-9._+@/-]*", v) or v.rstrip("/") == ""):
+        raise ValueError("an absolute path of letters, digits and . _ - + @ (no spaces, ':', '%', '$' "
+                         "or quotes), such as /mnt/llm_models/GLM (not /)")
     return v.rstrip("/")
 
 

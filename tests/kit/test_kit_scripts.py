@@ -212,6 +212,9 @@ def test_monitor_rotates_serve_log(make_kit):
     assert (logs / "serve.log.1").exists() and (logs / "serve.log.2").exists()
     assert not (logs / "serve.log.3").exists()
     assert all((logs / n).stat().st_size <= 2000 for n in ("serve.log", "serve.log.1", "serve.log.2"))
+    # the logs hold requests and errors: owner and group only, old files and the lock too
+    for path in logs.iterdir():
+        assert path.stat().st_mode & 0o007 == 0, f"{path.name} is {oct(path.stat().st_mode)}"
 
 
 def test_monitor_follows_the_fake_vllm_log(served_kit):

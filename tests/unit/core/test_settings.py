@@ -127,6 +127,7 @@ def test_readme_settings_table_is_current():
 
 @pytest.mark.parametrize("key,value", [
     ("weights_dir", "/mnt/my models"), ("weights_dir", "/mnt/a:b"),
+    ("service_dir", "/opt/glm%h"), ("service_dir", "/opt/$HOME"), ("service_dir", "/opt/a'b"),
     ("api_key", "it's-a-secret"), ("api_key", 'quo"ted-key'), ("api_key", "back\\slash-key"),
     ("api_key", "short"), ("served_model_aliases", ["fine", "not fine"]),
 ])
