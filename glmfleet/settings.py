@@ -17,9 +17,13 @@ DEFAULTS_FILE = REPO_ROOT / "group_data" / "all.py"
 
 # The recipe's DCP-1 ceiling: above ~131k a single 250k request OOMs with the KV replicated.
 DCP1_MAX_MODEL_LEN = 131072
-# Data keys that belong to pyinfra or its connectors, not to us.
+# Operators' own inventory keys (rack, owner, notes for their own tasks) start with this;
+# pyinfra reads no such key and neither do we. Any other key that is neither a setting nor
+# pyinfra's is reported as unknown, so a typo never passes.
+SITE_PREFIX = "site_"
+# Data keys that belong to pyinfra or its connectors ("_": its operation arguments, _sudo ...).
 FOREIGN_KEY_PREFIXES = ("ssh_", "_", "local_", "docker_", "dockerssh_", "chroot_", "winrm_",
-                        "vagrant_", "terraform_", "podman_", "testbed_")
+                        "vagrant_", "terraform_", "podman_", SITE_PREFIX)
 
 
 class SettingsError(ValueError):
@@ -351,7 +355,8 @@ def validate(host: str, data: Mapping[str, Any]) -> Settings:
     for key in sorted(k for k in data if _is_ours(k) and k not in PARSERS):
         close = [k for k in PARSERS if _similar(k, key)]
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        problems.append(f"{host}: unknown setting '{key}'{hint}; the settings are listed in group_data/all.py")
+        problems.append(f"{host}: unknown setting '{key}'{hint}; the settings are listed in group_data/all.py; "
+                        f"keys of your own must start with {SITE_PREFIX!r}")
     for key, parse in PARSERS.items():
         if key not in data:
             problems.append(f"{host}: setting '{key}' is missing (its default lives in group_data/all.py)")

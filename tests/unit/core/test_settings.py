@@ -89,6 +89,14 @@ def test_connector_keys_are_not_settings(data):
     validate("h", data)
 
 
+def test_operators_own_keys_live_under_site_and_nowhere_else(data):
+    data.update(site_rack="r7", site_owner="ml-infra")
+    validate("h", data)
+    data["testbed_gateway"] = "10.0.0.1"  # no test-only namespace in production validation
+    (msg,) = problems(data)
+    assert "unknown setting 'testbed_gateway'" in msg and "keys of your own must start with 'site_'" in msg
+
+
 def test_cli_strings_are_coerced(data):
     # `--data key=value` may hand over strings.
     data.update(port="8080", enable_thinking="false", gpu_memory_utilization="0.9",
