@@ -112,6 +112,10 @@ def compose_values(settings: Settings) -> dict[str, str]:
         "shm_size": settings.shm_size,
         "omp_num_threads": str(settings.omp_num_threads),
         "cuda_visible_devices": ",".join(str(i) for i in range(settings.gpu_count)),
+        # Per-container options override daemon.json's, so the service's rotation is set
+        # here from the same two settings: one source for every container's log rotation.
+        "log_max_size": settings.docker_log_max_size,
+        "log_max_file": str(settings.docker_log_max_file),
     }
 
 

@@ -161,7 +161,7 @@ def test_operator_daemon_json_keys_are_kept(runs):
         if key != "log-opts":
             assert config[key] == value, key
     # their own max-size wins; what they did not set is added
-    assert config["log-opts"] == {"max-size": "10m", "max-file": "3"}
+    assert config["log-opts"] == {"max-size": "10m", "max-file": "5"}
     assert config["log-driver"] == "json-file"
     assert config["runtimes"]["nvidia"] == {"args": [], "path": "nvidia-container-runtime"}
 

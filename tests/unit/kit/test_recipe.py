@@ -179,6 +179,16 @@ def test_compose_follows_settings():
     assert svc["environment"]["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
+def test_service_log_rotation_follows_the_docker_log_settings():
+    """One source: the settings that go into daemon.json also set the service container's
+    own options (which would override daemon.json's)."""
+    _, files = kit(docker_log_max_size="20m", docker_log_max_file=2)
+    svc = yaml.safe_load(files["docker-compose.yml"][0])["services"]["glm52-vllm"]
+    assert svc["logging"] == {"driver": "json-file", "options": {"max-size": "20m", "max-file": "2"}}
+    defaults = load_defaults()
+    assert (defaults["docker_log_max_size"], defaults["docker_log_max_file"]) == ("100m", 5)  # the recipe's
+
+
 # --- the .env -------------------------------------------------------------------------------
 
 def test_dotenv_holds_exactly_the_rendered_values(tmp_path):
