@@ -65,7 +65,7 @@ def test_the_target_box_passes(gpu, host, settings):
     bad = [c for c in found if c.status != "PASS"]
     # Only the open API is worth a word on a fully set-up box.
     assert [c.name for c in bad] == ["api_exposure"]
-    assert len({c.name for c in found}) == len(found) == 20
+    assert len({c.name for c in found}) == len(found) == 18  # compose and the toolkit are part of the docker check
 
 
 # --- GPU checks ---------------------------------------------------------------------------
@@ -174,8 +174,9 @@ def test_pcie_link(gpu):
     gpu["gpus"][3]["pcie_width"] = 8
     c = checks.check_pcie_link(gpu)
     assert c.status == "WARN" and "GPU 3" in c.reason and "x8 of gen 5 x16" in c.reason
-    gpu["gpus"][3]["pcie_width"] = None  # unknown is not slow
-    assert checks.check_pcie_link(gpu).status == "PASS"
+    gpu["gpus"][3]["pcie_width"] = None  # unknown is not slow, nor at its maximum
+    c = checks.check_pcie_link(gpu)
+    assert c.status == "WARN" and "unknown" in c.reason and "below" not in c.reason
     gpu["gpus"][0]["pcie_gen"] = 1
     assert checks.check_pcie_link(gpu).status == "WARN"
 
@@ -271,16 +272,48 @@ def test_sizing(gpu, settings):
     assert checks.check_sizing(gpu, with_(settings, decode_context_parallel_size=3)).status == "FAIL"
 
 
-def test_docker_compose_toolkit_never_fail(host):
+def test_docker_check_reports_what_it_found(host, settings):
     bare = parse_host_facts((DATA / "host-debian12.txt").read_text())
-    for fn in (checks.check_docker, checks.check_compose, checks.check_nvidia_toolkit):
-        assert fn(host).status == "PASS"
-        c = fn(bare)
-        assert c.status == "PASS" and "install" in c.reason
+    assert checks.check_docker(host, settings).status == "PASS"
+    c = checks.check_docker(bare, settings)
+    assert c.status == "PASS" and "install" in c.reason
     down = parse_host_facts((DATA / "host-ubuntu2204.txt").read_text())
-    assert checks.check_docker(down).status == "WARN"
-    assert "docker compose 2.21.0" in checks.check_compose(down).reason
-    assert "docker-compose 1.29.2" in checks.check_compose({"compose_v1_version": "1.29.2"}).reason
+    c = checks.check_docker(down, settings)
+    assert c.status == "WARN" and "docker compose 2.21.0" in c.reason
+
+
+def test_docker_check_fails_on_packages_the_docker_stage_would_refuse(host, settings):
+    """The same list the docker stage acts on (glmfleet.docker.plan.conflicting_packages),
+    reported before any deploy instead of at the docker stage."""
+    c = checks.check_docker(host, settings, ["docker.io", "containerd"])
+    assert c.status == "FAIL" and "docker.io, containerd" in c.reason
+    assert "docker_remove_conflicts=true" in c.remedy
+    c = checks.check_docker(host, with_(settings, docker_remove_conflicts=True), ["docker.io"])
+    assert c.status == "WARN" and "removes them" in c.reason
+    found = run_checks(None, host, settings, docker_conflicts=["podman-docker"])
+    assert named(found, "docker").status == "FAIL"
+
+
+def test_no_check_passes_whatever_its_input(gpu, host, settings):
+    """Compose and the toolkit are reported inside the docker check; no check of their own
+    that could never fail."""
+    names = {c.name for c in run_checks(gpu, host, settings)}
+    assert not {"compose", "nvidia_toolkit"} & names
+    assert not hasattr(checks, "check_compose") and not hasattr(checks, "check_nvidia_toolkit")
+
+
+def test_unknown_values_are_warn_with_the_reason(gpu, host, settings):
+    gpu["gpus"][2]["persistence"] = None
+    gpu["gpus"][2].setdefault("errors", {})["persistence"] = "NVMLError_NotSupported"
+    c = checks.check_persistence(gpu)
+    assert c.status == "WARN" and "unknown" in c.reason and "NotSupported" in c.reason
+    gpu["gpus"][1]["pcie_gen_max"] = None
+    c = checks.check_pcie_link(gpu)
+    assert c.status == "WARN" and "unknown" in c.reason
+    c = checks.check_shm({**host, "shm_total_bytes": None, "shm_fstype": "tmpfs"}, settings)
+    assert c.status == "WARN" and "not a tmpfs" not in c.reason and "could not measure" in c.reason
+    c = checks.check_shm({**host, "shm_fstype": "ext4"}, settings)
+    assert c.status == "WARN" and "ext4" in c.reason
 
 
 def test_incomplete_host_facts_fail_once(gpu, settings):
