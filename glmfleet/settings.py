@@ -91,6 +91,7 @@ class Settings:
     docker_log_max_size: str
     docker_log_max_file: int
     gpu_check_image: str | None
+    gpu_check_always: bool
     # Weights
     weights_tool_dir: str
     weights_parallel_downloads: int
@@ -313,6 +314,7 @@ PARSERS = {
     "docker_log_max_size": _str(r"[1-9]\d*[kmg]", 'a size such as "100m" (k, m or g)'),
     "docker_log_max_file": _int(1, 100),
     "gpu_check_image": _optional(_str(r"[a-z0-9][a-z0-9._/:@-]*", "a docker image reference (repo:tag)")),
+    "gpu_check_always": _bool,
     "weights_tool_dir": _abs_path,
     "weights_parallel_downloads": _int(1, 64),
     "weights_rehash": _bool,

@@ -390,3 +390,47 @@ def compare_gpus(seen: list[str], expected: list[str] | None) -> tuple[str, str]
     return "FAIL", ("the GPUs a container sees differ from preflight's: "
                     + "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "",
                                               f"unexpected {', '.join(extra)}" if extra else ""])))
+
+
+# --- dockerd (re)start and when the GPU check runs ---------------------------------------------
+
+def dockerd_action(svc: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(action, why) for dockerd from the DockerService fact: "start", "restart", "adopt"
+    (write the stamp only) or None (nothing to do).
+
+    A restart stops every container on the host, so it happens only on a real change: the
+    stamp written at our last (re)start differs from what dockerd's inputs are now. With no
+    stamp yet (a host that ran Docker before glmfleet), a running dockerd that started after
+    its inputs last changed already runs them: it is adopted, not restarted."""
+    if not svc.get("running"):
+        return "start", "dockerd is not running"
+    if svc.get("applied") and svc.get("applied") == svc.get("fingerprint"):
+        return None, "dockerd is running what is on disk"
+    started, changed = svc.get("started"), svc.get("inputs_changed")
+    if svc.get("applied") is None and started is not None and changed is not None and changed < started:
+        return "adopt", "dockerd already runs the configuration on disk: adopted without a restart"
+    if svc.get("applied") is None:
+        return "restart", "its configuration or binaries changed since dockerd started"
+    return "restart", "its configuration or binaries changed since its last start"
+
+
+def gpu_check_key(fingerprint: str | None, image: str) -> str:
+    """What a passing GPU container check vouches for: this dockerd's inputs (config, binary,
+    NVIDIA hooks, so toolkit changes too) and this image."""
+    return f"{fingerprint or 'unknown'} {image}"
+
+
+def gpu_check_due(*, image: str | None, has_driver: bool, passed: str | None, key: str,
+                  always: bool) -> tuple[bool, str]:
+    """(run the GPU container check now?, why not). It pulls an image and starts a container,
+    so it runs when dockerd or the toolkit changed since the last pass, or when asked."""
+    if image is None:
+        return False, "GPU container check off (gpu_check_image=None)"
+    if not has_driver:
+        return False, "GPU container check skipped: no NVIDIA driver on this host (nvidia-smi not found)"
+    if always:
+        return True, ""
+    if passed == key:
+        return False, ("GPU container check passed before with this dockerd, toolkit and image "
+                       "(gpu_check_always=true runs it again)")
+    return True, ""
