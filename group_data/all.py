@@ -70,7 +70,7 @@ apt_proxy = None  # proxy for all apt traffic on the hosts, e.g. "http://proxy:3
 docker_log_max_size = "100m"  # container log rotation (the recipe's): added to daemon.json (operator's own values win there) and set on the service container
 docker_log_max_file = 5  # container log files kept per container (the recipe's 5), in daemon.json and on the service container
 gpu_check_image = "ubuntu:24.04"  # image for the `docker run --gpus all ... nvidia-smi -L` check (pulled, said so, when missing); None = skip
-gpu_check_always = False  # False: the GPU container check runs only when dockerd or the toolkit changed since its last pass; True: on every deploy
+gpu_check_always = False  # False: the GPU container check runs again only when dockerd, the toolkit or gpu_check_image changed since it last ran; True: on every deploy
 
 # --- Weights --------------------------------------------------------------------------------
 weights_tool_dir = "/opt/glmfleet"  # host dir for weights.py (bin/), its shipped Python packages (pylib/) and the HF token while a download starts (secrets/, 0700)

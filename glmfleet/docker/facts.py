@@ -398,7 +398,9 @@ class NvidiaDriver(FactBase):
         return "\n".join(output).strip()
 
 
-GPU_CHECK_STAMP = "/var/lib/glmfleet/gpu-check.passed"  # what the last passing check ran against
+# What the last completed check (PASS, or WARN when it could not run, e.g. no image) ran
+# against, with its outcome: key=, status=, detail= lines.
+GPU_CHECK_STAMP = "/var/lib/glmfleet/gpu-check.done"
 GPU_CHECK_RESULT = "/var/lib/glmfleet/gpu-check.result"  # the check's output, read by verify_toolkit
 
 GPU_CHECK_STATE_SH = r"""
@@ -407,14 +409,15 @@ export PATH=@PATH@
 echo "fingerprint=$fingerprint"
 command -v nvidia-smi >/dev/null 2>&1 && echo driver=1
 docker image inspect @IMAGE@ >/dev/null 2>&1 && echo image=1
-[ -r @STAMP@ ] && echo "passed=$(head -n 1 @STAMP@)"
+if [ -r @STAMP@ ]; then sed 's/^/checked./' @STAMP@; fi
 if [ -r @RESULT@ ]; then sed 's/^/result./' @RESULT@; fi
 echo end=1
 """
 
 
 def parse_gpu_check_state(lines: list[str]) -> dict[str, Any]:
-    """-> {fingerprint, driver, image_present, passed (the stamp), result: the output of the
+    """-> {fingerprint, driver, image_present, checked: the stamp {key, status, detail} or
+    None, result: the output of the
     check's last run (key, skip, rc, uuids, host_uuids, output) or None}."""
     kv, multi = _kv(lines)
     result = None
@@ -426,13 +429,15 @@ def parse_gpu_check_state(lines: list[str]) -> dict[str, Any]:
                   "host_uuids": parse_nvidia_smi_list("\n".join(multi.get("result.host", []))),
                   "output": out[-2000:]}
     return {"fingerprint": kv.get("fingerprint") or None, "driver": kv.get("driver") == "1",
-            "image_present": kv.get("image") == "1", "passed": kv.get("passed") or None,
+            "image_present": kv.get("image") == "1",
+            "checked": ({"key": kv["checked.key"], "status": kv.get("checked.status", ""),
+                         "detail": kv.get("checked.detail", "")} if kv.get("checked.key") else None),
             "result": result}
 
 
 class GpuCheckState(FactBase):
     """Read-only: what the GPU container check needs to decide (dockerd's fingerprint, the
-    driver, whether the image is on the host, the stamp of the last pass, the last output)."""
+    driver, whether the image is on the host, the stamp of the last check, its last output)."""
 
     def command(self, image):
         return (GPU_CHECK_STATE_SH.replace("@PATH@", HOST_PATH).replace("@FINGERPRINT@", FINGERPRINT_SH)

@@ -355,8 +355,9 @@ def gpu_container_check(image: str | None, always: bool):
     with preflight's GPUs. Runs only when dockerd or the toolkit changed since the last pass
     (or gpu_check_always): a second deploy with nothing changed starts no container."""
     state = host.get_fact(GpuCheckState, image=image) if image else None
+    checked = state and state["checked"]
     due, why = gpu_check_due(image=image, has_driver=bool(state and state["driver"]),
-                             passed=state and state["passed"],
+                             checked=checked and checked["key"],
                              key=gpu_check_key(state and state["fingerprint"], image or ""), always=always)
     if not due:
         host.noop(why)
@@ -369,35 +370,37 @@ def gpu_container_check(image: str | None, always: bool):
     yield StringCommand(gpu_check_command(image, gpu_check_key(state["fingerprint"], image), pull))
 
 
-def _gpu_verdict(image: str | None) -> tuple[str, str, str | None]:
-    """(status, detail, stamp key to record on a pass) of the GPU container check: judged
-    from its output of this run, else from the stamp of an earlier pass."""
+def _gpu_verdict(image: str | None) -> tuple[str, str, bool]:
+    """(status, detail, stamp it?) of the GPU container check: judged from its output of
+    this run, else from the stamp of the last check that ran to the end."""
     state = host.get_fact(GpuCheckState, image=image) if image else None
     key = gpu_check_key(state and state["fingerprint"], image or "")
     result = state and state["result"]
     if not (result and result["key"] == key):  # it did not run for this dockerd and image
+        checked = state and state["checked"]
         if image is None or not state["driver"]:
-            return "WARN", gpu_check_due(image=image, has_driver=False, passed=None, key=key,
-                                         always=False)[1], None
-        if state["passed"] == key:
-            return "PASS", "GPU container check passed before with this dockerd, toolkit and image", None
-        return "WARN", "GPU container check did not run", None
+            return "WARN", gpu_check_due(image=image, has_driver=False, checked=None, key=key,
+                                         always=False)[1], False
+        if checked and checked["key"] == key:
+            return (checked["status"] if checked["status"] in ("PASS", "WARN") else "WARN",
+                    f"{checked['detail']} (checked before with this dockerd, toolkit and image)", False)
+        return "WARN", "GPU container check did not run", False
     if result["skip"]:
-        return "WARN", f"GPU container check skipped: {result['skip']}", None
+        return "WARN", f"GPU container check skipped: {result['skip']}", True
     if result["rc"] != 0:
         return "FAIL", (f"`docker run --rm --gpus all {image} nvidia-smi -L` failed "
-                        f"(rc {result['rc']}): {result['output'][-400:]}"), None
+                        f"(rc {result['rc']}): {result['output'][-400:]}"), False
     expected, source = _preflight_uuids(), "preflight"
     if expected is None and result["host_uuids"]:
         expected, source = result["host_uuids"], "the host's nvidia-smi"
     status, detail = compare_gpus(result["uuids"], expected)
-    return status, detail.replace("preflight", source), key if status == "PASS" else None
+    return status, detail.replace("preflight", source), status == "PASS"
 
 
 @operation()
 def verify_toolkit(gpu_check_image: str | None, cdi_setting: str, stage: str = "nvidia_toolkit"):
     """The nvidia runtime is configured, and the GPU container check (when it ran) saw the
-    GPUs preflight found; a pass is stamped so the next deploy need not run it again."""
+    GPUs preflight found; its outcome is stamped so the next deploy need not run it again."""
     if not _executing():
         return
     _, config, error = _daemon_config()
@@ -408,14 +411,17 @@ def verify_toolkit(gpu_check_image: str | None, cdi_setting: str, stage: str = "
     has_driver = bool(host.get_fact(NvidiaDriver))
     _, cdi_note = cdi_decision(cdi_setting, version, has_driver)
     parts = [f"toolkit {version}", "nvidia runtime in daemon.json", cdi_note or f"CDI spec {CDI_SPEC}"]
-    status, detail, passed_key = _gpu_verdict(gpu_check_image)
+    status, detail, stamp = _gpu_verdict(gpu_check_image)
     message = "; ".join(filter(None, parts + [detail]))
     if status == "FAIL":
         yield from _fail(stage, message)
         return
     _record(stage, status, message)
-    if passed_key:
-        yield StringCommand(f"printf '%s\\n' {q(passed_key)} > {GPU_CHECK_STAMP}.tmp && "
+    if stamp:  # the check ran to the end: not again until dockerd, the toolkit or the image change
+        state = host.get_fact(GpuCheckState, image=gpu_check_image)
+        lines = "\n".join([f"key={gpu_check_key(state['fingerprint'], gpu_check_image)}",
+                           f"status={status}", f"detail={detail}"])
+        yield StringCommand(f"printf '%s\\n' {q(lines)} > {GPU_CHECK_STAMP}.tmp && "
                             f"mv -f {GPU_CHECK_STAMP}.tmp {GPU_CHECK_STAMP} && rm -f {GPU_CHECK_RESULT}")
     else:
         host.noop("toolkit verified")

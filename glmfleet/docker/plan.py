@@ -415,22 +415,23 @@ def dockerd_action(svc: Mapping[str, Any]) -> tuple[str | None, str]:
 
 
 def gpu_check_key(fingerprint: str | None, image: str) -> str:
-    """What a passing GPU container check vouches for: this dockerd's inputs (config, binary,
-    NVIDIA hooks, so toolkit changes too) and this image."""
+    """What a completed GPU container check vouches for: this dockerd's inputs (config,
+    binary, NVIDIA hooks, so toolkit changes too) and this image."""
     return f"{fingerprint or 'unknown'} {image}"
 
 
-def gpu_check_due(*, image: str | None, has_driver: bool, passed: str | None, key: str,
+def gpu_check_due(*, image: str | None, has_driver: bool, checked: str | None, key: str,
                   always: bool) -> tuple[bool, str]:
     """(run the GPU container check now?, why not). It pulls an image and starts a container,
-    so it runs when dockerd or the toolkit changed since the last pass, or when asked."""
+    so it runs when dockerd or the toolkit changed since it last ran to the end (``checked``:
+    that run's key), or when asked; a re-run with nothing changed starts nothing."""
     if image is None:
         return False, "GPU container check off (gpu_check_image=None)"
     if not has_driver:
         return False, "GPU container check skipped: no NVIDIA driver on this host (nvidia-smi not found)"
     if always:
         return True, ""
-    if passed == key:
-        return False, ("GPU container check passed before with this dockerd, toolkit and image "
+    if checked == key:
+        return False, ("GPU container check already done with this dockerd, toolkit and image "
                        "(gpu_check_always=true runs it again)")
     return True, ""

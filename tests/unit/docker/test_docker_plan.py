@@ -513,13 +513,13 @@ def test_service_fact_reads_dockerds_start_and_its_inputs_change():
 def test_gpu_check_runs_only_after_a_change_or_when_asked():
     key = plan.gpu_check_key("f1", "ubuntu:24.04")
     due = lambda **kw: plan.gpu_check_due(**{"image": "ubuntu:24.04", "has_driver": True,  # noqa: E731
-                                              "passed": None, "key": key, "always": False, **kw})
-    assert due() == (True, "")                                   # never passed here
-    run, why = due(passed=key)                                   # passed with this dockerd and image
+                                              "checked": None, "key": key, "always": False, **kw})
+    assert due() == (True, "")                                    # never checked here
+    run, why = due(checked=key)                                   # checked with this dockerd and image
     assert not run and "gpu_check_always=true" in why
-    assert due(passed=plan.gpu_check_key("f0", "ubuntu:24.04"))[0]  # dockerd/toolkit changed
-    assert due(passed=plan.gpu_check_key("f1", "ubuntu:22.04"))[0]  # another image
-    assert due(passed=key, always=True)[0]
+    assert due(checked=plan.gpu_check_key("f0", "ubuntu:24.04"))[0]  # dockerd/toolkit changed
+    assert due(checked=plan.gpu_check_key("f1", "ubuntu:22.04"))[0]  # another image
+    assert due(checked=key, always=True)[0]
     assert not due(has_driver=False)[0] and "no NVIDIA driver" in due(has_driver=False)[1]
     assert due(image=None) == (False, "GPU container check off (gpu_check_image=None)")
 
@@ -539,10 +539,13 @@ def test_gpu_check_command_says_when_it_pulls(tmp_path):
 def test_gpu_check_state_parses_the_last_result():
     from glmfleet.docker.facts import parse_gpu_check_state
 
-    st = parse_gpu_check_state(["fingerprint=f1", "driver=1", "passed=f0 ubuntu:24.04",
+    st = parse_gpu_check_state(["fingerprint=f1", "driver=1", "checked.key=f0 ubuntu:24.04",
+                                "checked.status=WARN", "checked.detail=GPU container check skipped: no image",
                                 "result.key=f1 ubuntu:24.04", "result.host=GPU 0: X (UUID: GPU-aa)",
                                 "result.rc=0", "result.out=GPU 0: X (UUID: GPU-aa)", "end=1"])
-    assert st["driver"] and not st["image_present"] and st["passed"] == "f0 ubuntu:24.04"
+    assert st["driver"] and not st["image_present"]
+    assert st["checked"] == {"key": "f0 ubuntu:24.04", "status": "WARN",
+                             "detail": "GPU container check skipped: no image"}
     assert st["result"]["key"] == "f1 ubuntu:24.04" and st["result"]["uuids"] == ["GPU-aa"]
     assert st["result"]["host_uuids"] == ["GPU-aa"] and st["result"]["rc"] == 0
     assert parse_gpu_check_state(["fingerprint=f1", "end=1"])["result"] is None
