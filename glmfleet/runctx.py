@@ -118,6 +118,27 @@ def install_callbacks(state, settings_hooks=()) -> None:
         validate_inventory(state)  # here, outside any greenlet: a clean error, no traceback
 
     state.init = init
+    state.fail_hosts = _own_message_when_none_remain(state, state.fail_hosts)
+
+
+# How a run ends when no host is left: one line of ours instead of pyinfra's "No hosts
+# remaining!" with a source path and line number (CliError shows neither).
+ALL_FAILED = "every host of this run failed"
+
+
+def _own_message_when_none_remain(state, fail_hosts):
+    def wrapped(hosts_to_fail, activated_count=None):
+        try:
+            return fail_hosts(hosts_to_fail, activated_count)
+        except PyinfraError:
+            if state.active_hosts:  # another limit (FAIL_PERCENT): pyinfra's own message
+                raise
+            if state.is_executing:
+                raise CliError(f"{ALL_FAILED}; the fleet summary above says where and why "
+                               "(exit status 1)") from None
+            raise CliError(f"{ALL_FAILED} or was dropped before any change, so nothing was "
+                           "changed; the reasons and fixes are listed above (exit status 1)") from None
+    return wrapped
 
 
 def echo(text: str) -> None:
@@ -164,11 +185,7 @@ def record_preflight(state, host, checks, facts: dict, verdict: str, first_reaso
     if failed:
         echo(f"Dropping {len(failed)} host(s) that failed preflight: "
              + ", ".join(sorted(h.name for h in failed)))
-        try:
-            state.fail_hosts(failed)
-        except PyinfraError as e:  # "No hosts remaining!" / over FAIL_PERCENT
-            raise PyinfraError(f"{e} Every host to deploy failed preflight or was dropped; nothing "
-                           "was changed. The reasons and fixes are listed above.") from None
+        state.fail_hosts(failed)  # none left: our own message (install_callbacks)
 
 
 def passed_preflight(state, host) -> bool:
