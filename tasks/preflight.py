@@ -28,7 +28,7 @@ def docker_conflicts(settings) -> list[str]:
 
 settings = runctx.settings()
 manifest, manifest_error = manifest_for_run(state, settings)
-facts = gather_preflight_facts(host, settings)
+facts = gather_preflight_facts(host, settings, manifest)
 checks = run_checks(facts["gpu"], facts["host"], settings,
                     weights_total_bytes=manifest["total_size"] if manifest else None,
                     docker_conflicts=docker_conflicts(settings))

@@ -303,7 +303,8 @@ def check_disk(host: Mapping[str, Any], settings: Settings,
                      "check that the weights_dir's parent exists and `df` works")
     need = to_fetch + margin
     detail = (f"{gib(free)} free on {where}; needs {gib(need)} = {gib(to_fetch)} still to "
-              f"download ({gib(present)} present) + {settings.disk_margin_gib:g} GiB margin{note}")
+              f"download ({gib(present)} of the revision's files present in full) + "
+              f"{settings.disk_margin_gib:g} GiB margin{note}")
     if free < need:
         return Check("disk", FAIL, detail, f"free {gib(need - free)} on {where}, or point "
                                            "weights_dir at a larger filesystem")

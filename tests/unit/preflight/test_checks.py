@@ -410,9 +410,9 @@ def listener():
     sock.close()
 
 
-def run_script(weights_dir: str, port: int, path: str | None = None) -> dict:
+def run_script(weights_dir: str, port: int, path: str | None = None, expected=()) -> dict:
     env = {**os.environ, "PATH": path} if path else None
-    proc = subprocess.run(["/bin/sh", "-c", host_facts_command(weights_dir, port)],
+    proc = subprocess.run(["/bin/sh", "-c", host_facts_command(weights_dir, port, expected)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return parse_host_facts(proc.stdout)
@@ -426,14 +426,31 @@ def test_script_runs_here_and_finds_the_listener(tmp_path, listener):
     (weights / "sub" / "config.json").write_bytes(b"{}")
     (weights / ".cache").mkdir()
     (weights / ".cache" / "partial.incomplete").write_bytes(b"y" * 9000)
-    f = run_script(str(weights), listener)
+    f = run_script(str(weights), listener,
+                   expected=[("model-00001.safetensors", 5000), ("sub/config.json", 2)])
     assert f["complete"] and f["os"] and f["cpus"] and f["mem_total_bytes"]
     assert f["weights_existing_parent"] == str(weights)
-    assert f["weights_present_bytes"] == 5002  # file bytes; the .cache partial left out
+    assert f["weights_present_bytes"] == 5002  # the manifest's files; the .cache partial left out
     assert f["weights_fs_free_bytes"] > 0
     assert [(lst["address"], lst["pid"]) for lst in f["port_listeners"]] == [("127.0.0.1", os.getpid())]
     missing = run_script(str(tmp_path / "not" / "yet"), listener)
     assert missing["weights_existing_parent"] == str(tmp_path) and missing["weights_present_bytes"] == 0
+
+
+def test_only_the_manifests_files_at_full_size_count_as_present(tmp_path, listener):
+    """Other revisions, stray files, wrong sizes and sparse files (apparent size without the
+    blocks) must not make the disk check believe the download is done."""
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "a.safetensors").write_bytes(b"a" * 40_000)            # right size, written
+    (weights / "b.safetensors").write_bytes(b"b" * 1000)              # a manifest file, short
+    with open(weights / "c.safetensors", "wb") as f:                  # right size, but sparse
+        f.truncate(40_000)
+    (weights / "old-revision.safetensors").write_bytes(b"o" * 80_000)  # not in this manifest
+    expected = [("a.safetensors", 40_000), ("b.safetensors", 40_000), ("c.safetensors", 40_000),
+                ("missing.safetensors", 40_000)]
+    assert run_script(str(weights), listener, expected=expected)["weights_present_bytes"] == 40_000
+    assert run_script(str(weights), listener)["weights_present_bytes"] == 0  # no manifest: nothing
 
 
 def test_script_without_ss_reads_proc_net_tcp(tmp_path, listener):
@@ -441,7 +458,7 @@ def test_script_without_ss_reads_proc_net_tcp(tmp_path, listener):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("sh", "awk", "sed", "grep", "find", "cat", "head", "cut", "printf", "ls", "wc",
-                 "tr", "df", "du", "id", "uname", "getconf", "dirname", "timeout"):
+                 "tr", "df", "du", "id", "uname", "getconf", "dirname", "timeout", "stat"):
         if shutil.which(tool):
             (bin_dir / tool).symlink_to(shutil.which(tool))
     f = run_script(str(tmp_path), listener, path=str(bin_dir))
