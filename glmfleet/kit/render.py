@@ -44,7 +44,7 @@ STATIC_FILES: dict[str, int] = {
 # The files the running container depends on. `compose up -d` recreates the container by itself
 # when the compose file or the .env values it interpolates change, but not when serve.sh (a
 # mounted file) does; runtime_fingerprint() says precisely when a restart is due.
-RESTART_ON_CHANGE = ("docker-compose.yml", ".env", "serve.sh")
+RESTART_ON_CHANGE = ("docker-compose.yml", "serve.sh", ".env")  # .env: only the values compose uses
 
 # .env values that need no quoting in any of: compose v2, docker-compose 1.29 (python-dotenv),
 # the kit's own bash reader. Anything else is single-quoted (literal in all three) when it can be.
@@ -154,7 +154,8 @@ def runtime_fingerprint(files: Mapping[str, tuple[str, int]]) -> str:
         if sep and key in used:
             values[key] = value
     digest = hashlib.sha256()
-    for part in (compose, files["serve.sh"][0], json.dumps(values, sort_keys=True)):
+    for name in RESTART_ON_CHANGE:
+        part = json.dumps(values, sort_keys=True) if name == ".env" else files[name][0]
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()

@@ -180,7 +180,7 @@ def test_manifest_rejects_unsafe_or_incomplete_entries(manifest):
         M.loads("{")
 
 
-def test_diff_manifest_and_bytes_to_download(manifest):
+def test_diff_manifest(manifest):
     files = {f["path"]: f for f in manifest["files"]}
     shard, cfg = files[SHARDS[0]], files["config.json"]
     local = {p: {"size": f["size"], "sha256": f["sha256"], "git_sha1": f["git_sha1"]}
@@ -196,10 +196,6 @@ def test_diff_manifest_and_bytes_to_download(manifest):
     assert diff["changed"] == sorted([SHARDS[1], SHARDS[2]])
     assert diff["unverified"] == [SHARDS[3]]
     assert shard["path"] in diff["ok"] and cfg["path"] in diff["ok"]
-    assert M.bytes_to_download(manifest, None) == manifest["total_size"]
-    expect = sum(files[p]["size"] for p in ("README.md", SHARDS[1], SHARDS[2], SHARDS[3]))
-    assert M.bytes_to_download(manifest, local) == expect
-    assert M.bytes_to_download(manifest, {"version": 1, "files": local}) == expect
 
 
 @pytest.mark.parametrize("auth_failure,kind", [("gated", "gated"), ("invalid", "auth")])
