@@ -15,7 +15,7 @@ Service manager, chosen from facts (/run/systemd/system present or not):
   and stops it by the pid in /var/run/docker.pid. Nothing brings it back after a reboot or
   a crash there; the deploy (or `glmfleet-dockerd start`) does.
 In both cases dockerd is (re)started only when what it runs changed: see FINGERPRINT_SH in
-glmfleet/facts/docker.py and the APPLIED_STAMP it is compared with.
+glmfleet/docker/facts.py and the APPLIED_STAMP it is compared with.
 """
 
 from __future__ import annotations

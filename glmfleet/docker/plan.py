@@ -1,7 +1,7 @@
 """Docker and NVIDIA Container Toolkit: the decisions, as pure functions (no pyinfra import).
 
-Facts gather (glmfleet/facts/docker.py), this module decides, glmfleet/ops/docker.py
-changes. Everything here is tested directly on recorded facts (tests/unit/test_docker_plan.py):
+Facts gather (glmfleet/docker/facts.py), this module decides, glmfleet/docker/ops.py
+changes. Everything here is tested directly on recorded facts (tests/unit/docker/test_docker_plan.py):
 
 - which apt repository (deb822 text, key URL, pinned fingerprint) and which packages a host
   gets for the chosen flavour (Docker's docker-ce, or the distribution's docker.io);

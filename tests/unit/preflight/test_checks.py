@@ -340,7 +340,7 @@ def test_cuda_table():
         cuda.parse_cuda("13")
 
 
-# --- host facts: parser on recorded outputs -------------------------------------------------
+# --- host facts: parser on constructed outputs (tests/unit/data/host-*.txt, written by hand) ---
 
 def test_parse_ubuntu_2404():
     f = parse_host_facts((DATA / "host-ubuntu2404.txt").read_text())
