@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tempfile
 
@@ -139,6 +140,14 @@ def _own_message_when_none_remain(state, fail_hosts):
             raise CliError(f"{ALL_FAILED} or was dropped before any change, so nothing was "
                            "changed; the reasons and fixes are listed above (exit status 1)") from None
     return wrapped
+
+
+def fail_command(message: str):
+    """The command that ends a host's run with ``message`` on stderr (pyinfra prints a failed
+    command's stderr): the one way every stage fails a host from inside an operation."""
+    from pyinfra.api import StringCommand
+
+    return StringCommand(f"echo {shlex.quote('glmfleet: ' + message)} >&2; exit 1")
 
 
 def echo(text: str) -> None:

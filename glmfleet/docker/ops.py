@@ -117,7 +117,7 @@ def _fail(stage: str, message: str):
     (pyinfra prints a failed command's stderr, so it is not echoed here too)."""
     if _executing():
         runctx.record(host.name, stage, "FAIL", message)
-    yield StringCommand(f"echo {q('glmfleet: ' + message)} >&2; exit 1")
+    yield runctx.fail_command(message)
 
 
 # --- generic -------------------------------------------------------------------------------

@@ -30,3 +30,16 @@ def test_one_host_failing_of_two_goes_on():
     state = _state("gpu-01", "gpu-02")
     state.fail_hosts({state.inventory.get_host("gpu-01")})
     assert {h.name for h in state.active_hosts} == {"gpu-02"}
+
+
+def test_one_failing_command_for_every_stage(tmp_path):
+    import re
+    import subprocess
+    from pathlib import Path
+
+    cmd = runctx.fail_command("it's broken; see `x`")
+    r = subprocess.run(["sh", "-c", str(cmd)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr == "glmfleet: it's broken; see `x`\n" and r.stdout == ""
+    pkg = Path(runctx.__file__).parent
+    copies = [str(p) for p in pkg.rglob("ops.py") if re.search(r">&2; exit 1\"\)", p.read_text())]
+    assert copies == [], copies
