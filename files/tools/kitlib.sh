@@ -6,33 +6,13 @@
 COMPOSE=()
 
 # kit_dotenv KEY: print KEY's value from .env (the last assignment wins); status 1 if absent.
-# Reads what the renderer writes: KEY=value, KEY='value', KEY="value", comments, blank lines.
+# kit_dotenv_keys: every variable name assigned in .env. Both through the kit's one reader.
 kit_dotenv() {
-    local key=$1 line value="" found=1
-    [[ -f $KIT_DIR/.env ]] || return 1
-    while IFS= read -r line || [[ -n $line ]]; do
-        line=${line%$'\r'}
-        line=${line#"${line%%[![:space:]]*}"}
-        line=${line#export }
-        [[ $line == "$key="* ]] || continue
-        value=${line#*=}
-        found=0
-    done <"$KIT_DIR/.env"
-    ((found == 0)) || return 1
-    case $value in
-        \'*\' | \"*\") value=${value:1:${#value}-2} ;;
-        *)
-            value=${value%%[[:space:]]#*}
-            value=${value%"${value##*[![:space:]]}"}
-            ;;
-    esac
-    printf '%s' "$value"
+    python3 "$KIT_DIR/tools/kitenv.py" get "$1" "$KIT_DIR/.env"
 }
 
-# kit_dotenv_keys: every variable name assigned in .env.
 kit_dotenv_keys() {
-    [[ -f $KIT_DIR/.env ]] || return 0
-    sed -n 's/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=.*/\2/p' "$KIT_DIR/.env"
+    python3 "$KIT_DIR/tools/kitenv.py" keys "$KIT_DIR/.env"
 }
 
 # kit_compose: set the COMPOSE array to the compose command of this host. COMPOSE_CMD

@@ -35,6 +35,7 @@ STATIC_FILES: dict[str, int] = {
     "monitor.sh": 0o755,
     "README.md": 0o644,
     "tools/kitlib.sh": 0o644,
+    "tools/kitenv.py": 0o644,
     "tools/oai_client.py": 0o644,
     "tools/logtap.py": 0o644,
     "test/harnesslib.py": 0o644,
@@ -148,17 +149,24 @@ def runtime_fingerprint(files: Mapping[str, tuple[str, int]]) -> str:
     (launch.sh's timeouts, comments, the harnesses) does not."""
     compose = files["docker-compose.yml"][0]
     used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", compose)) | {"COMPOSE_PROJECT_NAME"}
-    values = {}
-    for line in files[".env"][0].splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key in used:
-            values[key] = value
+    values = {k: v for k, v in _kitenv().parse(files[".env"][0]).items() if k in used}
     digest = hashlib.sha256()
     for name in RESTART_ON_CHANGE:
         part = json.dumps(values, sort_keys=True) if name == ".env" else files[name][0]
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def _kitenv():
+    """The kit's own .env reader (files/tools/kitenv.py): one implementation for the box and
+    the deploy's restart decision."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("glmfleet_kitenv", FILES_DIR / "tools" / "kitenv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_kit(root: str | os.PathLike, files: Mapping[str, tuple[str, int]]) -> None:

@@ -409,3 +409,25 @@ def test_renderer_command_line_writes_a_kit(tmp_path, capsys):
     assert (out / ".env").stat().st_mode & 0o777 == 0o600
     assert recipe_main([str(out), "port=nope"]) == 1
     assert "port" in capsys.readouterr().err
+
+
+def test_one_dotenv_reader_for_the_box_scripts_its_tools_and_the_deploy(tmp_path, default_kit):
+    """kitlib.sh (bash), oai_client.py and runtime_fingerprint all read .env through
+    files/tools/kitenv.py: the same comment and quoting rules everywhere."""
+    from glmfleet.kit.render import FILES_DIR, runtime_fingerprint
+
+    (tmp_path / "tools").mkdir()
+    for name in ("kitlib.sh", "kitenv.py"):
+        shutil.copy(FILES_DIR / "tools" / name, tmp_path / "tools" / name)
+    (tmp_path / ".env").write_text("# comment\nexport A=1\nB='x #not a comment'\nC=\"q\"\n"
+                                   "D=v # note\nD=w\nnot an assignment\n")
+    script = 'KIT_DIR=$1; . "$KIT_DIR/tools/kitlib.sh"; for k in $(kit_dotenv_keys); do printf "%s=[%s]\\n" "$k" "$(kit_dotenv "$k")"; done'
+    out = subprocess.run(["bash", "-c", script, "-", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["A=[1]", "B=[x #not a comment]", "C=[q]", "D=[w]"]
+    # the deploy reads values, not their spelling: quoting a value is no reason to restart
+    _, files = default_kit
+    text, mode = files[".env"]
+    line = next(ln for ln in text.splitlines() if ln.startswith("TP="))
+    requoted = {**files, ".env": (text.replace(line, line.replace("=", "='", 1) + "'"), mode)}
+    assert runtime_fingerprint(requoted) == runtime_fingerprint(files)
+
