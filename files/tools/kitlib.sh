@@ -15,27 +15,19 @@ kit_dotenv_keys() {
     python3 "$KIT_DIR/tools/kitenv.py" keys "$KIT_DIR/.env"
 }
 
-# kit_compose: set the COMPOSE array to the compose command of this host. COMPOSE_CMD
-# overrides it (e.g. a test double). Probed by version output, not exit status:
-# docker-compose 1.29 exits 0 even on options it does not know.
+# kit_compose: set the COMPOSE array to the compose command of this host (tools/compose_probe.sh,
+# the probe the deploy uses too). COMPOSE_CMD overrides it (e.g. a test double).
 kit_compose() {
     local out
     if [[ -n ${COMPOSE_CMD:-} ]]; then
         read -ra COMPOSE <<<"$COMPOSE_CMD"
         return 0
     fi
-    out=$(docker compose version 2>/dev/null || true)
-    if [[ $out =~ [Cc]ompose\ version\ v?[0-9]+\. ]]; then
-        COMPOSE=(docker compose)
-        return 0
+    if ! out=$(sh "$KIT_DIR/tools/compose_probe.sh"); then
+        echo "neither 'docker compose' (v2 plugin) nor 'docker-compose' is installed" >&2
+        return 1
     fi
-    out=$(docker-compose version --short 2>/dev/null || true)
-    if [[ $out =~ ^v?[0-9]+\.[0-9]+ ]]; then
-        COMPOSE=(docker-compose)
-        return 0
-    fi
-    echo "neither 'docker compose' (v2 plugin) nor 'docker-compose' is installed" >&2
-    return 1
+    read -ra COMPOSE <<<"$out"
 }
 
 # kit_mask: copy stdin to stdout with the API key (if any) replaced by ****.

@@ -36,6 +36,7 @@ STATIC_FILES: dict[str, int] = {
     "README.md": 0o644,
     "tools/kitlib.sh": 0o644,
     "tools/kitenv.py": 0o644,
+    "tools/compose_probe.sh": 0o644,  # run with sh by kitlib.sh and by the deploy's host facts
     "tools/oai_client.py": 0o644,
     "tools/logtap.py": 0o644,
     "test/harnesslib.py": 0o644,
