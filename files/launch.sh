@@ -4,7 +4,7 @@
 #   ENABLE_THINKING=0 ./launch.sh    this run without reasoning (a plain run restores .env's)
 # Every other setting comes from .env only (a stray PORT or TP in your shell is ignored).
 # Environment knobs: READY_TIMEOUT, SMOKE_TIMEOUT (seconds; defaults in .env),
-#   COMPOSE_CMD (compose command to use instead of probing for one),
+#   COMPOSE_CMD (compose command to use instead of probing for one; test kits only),
 #   BASE_URL (where the API is reached; default from BIND_HOST/PORT in .env).
 # Exit status: 0 ready and answering, 1 failed (the container's log tail is printed).
 set -euo pipefail

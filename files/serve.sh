@@ -2,7 +2,8 @@
 # Container entrypoint (mounted read-only at /recipe): builds the vLLM command line from the
 # environment that docker-compose.yml passes in from .env, checks it, and execs vLLM.
 #   SERVE_PRINT_ARGS=1  print the command, one argument per line, instead of running it
-#   SERVE_PYTHON=...    interpreter to exec (for tests; the image's is /opt/venv/bin/python)
+#   SERVE_PYTHON=...    interpreter to exec, only in a test kit (a .glmfleet-test-seams file
+#                       beside this script); otherwise always the image's /opt/venv/bin/python
 # The API key goes to vLLM as VLLM_API_KEY, never on the command line: argv shows in `ps` on
 # the host and vLLM logs its non-default arguments at startup.
 set -euo pipefail
@@ -82,7 +83,10 @@ if ((mtp)); then
     args+=(--speculative-config "{\"model\": \"/model\", \"method\": \"mtp\", \"num_speculative_tokens\": $spec, \"moe_backend\": \"b12x\", \"draft_sample_method\": \"probabilistic\"}")
 fi
 
-python=${SERVE_PYTHON:-/opt/venv/bin/python}
+python=/opt/venv/bin/python
+if [[ -f "$(dirname "${BASH_SOURCE[0]}")/.glmfleet-test-seams" && -n ${SERVE_PYTHON:-} ]]; then
+    python=$SERVE_PYTHON  # test seam: inert on a production box (no flag file there)
+fi
 cmd=("$python" -m vllm.entrypoints.cli.main "${args[@]}")
 
 if [[ -n ${API_KEY:-} ]]; then

@@ -5,6 +5,16 @@
 # shellcheck disable=SC2034
 COMPOSE=()
 
+# Test seams (COMPOSE_CMD, LOG_CMD, SERVE_PYTHON) act only in a kit folder holding this file,
+# which the kit's tests create and the deploy never writes: on a production box they are inert.
+KIT_TEST_FLAG=.glmfleet-test-seams
+
+# kit_seam VAR: print VAR's value when the test flag file is present, nothing otherwise.
+kit_seam() {
+    [[ -f $KIT_DIR/$KIT_TEST_FLAG ]] && printf '%s' "${!1:-}"
+    return 0
+}
+
 # kit_dotenv KEY: print KEY's value from .env (the last assignment wins); status 1 if absent.
 # kit_dotenv_keys: every variable name assigned in .env. Both through the kit's one reader.
 kit_dotenv() {
@@ -16,11 +26,12 @@ kit_dotenv_keys() {
 }
 
 # kit_compose: set the COMPOSE array to the compose command of this host (tools/compose_probe.sh,
-# the probe the deploy uses too). COMPOSE_CMD overrides it (e.g. a test double).
+# the probe the deploy uses too). COMPOSE_CMD overrides it in a test kit (kit_seam).
 kit_compose() {
     local out
-    if [[ -n ${COMPOSE_CMD:-} ]]; then
-        read -ra COMPOSE <<<"$COMPOSE_CMD"
+    out=$(kit_seam COMPOSE_CMD)
+    if [[ -n $out ]]; then
+        read -ra COMPOSE <<<"$out"
         return 0
     fi
     if ! out=$(sh "$KIT_DIR/tools/compose_probe.sh"); then

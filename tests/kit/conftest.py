@@ -73,6 +73,7 @@ class Kit:
         self.dir = root / "kit"
         (root / "weights").mkdir(parents=True, exist_ok=True)
         write_kit(self.dir, render_kit(self.settings, self.pattern))
+        (self.dir / ".glmfleet-test-seams").write_text("test kit: COMPOSE_CMD, LOG_CMD, SERVE_PYTHON act\n")
         self.base_url = f"http://127.0.0.1:{self.settings.port}"
         self.monitors: list[subprocess.Popen] = []
 
