@@ -122,8 +122,9 @@ def install_callbacks(state, settings_hooks=()) -> None:
     state.fail_hosts = _own_message_when_none_remain(state, state.fail_hosts)
 
 
-# How a run ends when no host is left: one line of ours instead of pyinfra's "No hosts
-# remaining!" with a source path and line number (CliError shows neither).
+# How a run ends when no host is left: one line of ours and exit status 1, instead of
+# pyinfra's "No hosts remaining!" with a source path and line number. SystemExit, because
+# pyinfra wraps any other exception raised while a deploy file runs (preflight) in a traceback.
 ALL_FAILED = "every host of this run failed"
 
 
@@ -135,10 +136,11 @@ def _own_message_when_none_remain(state, fail_hosts):
             if state.active_hosts:  # another limit (FAIL_PERCENT): pyinfra's own message
                 raise
             if state.is_executing:
-                raise CliError(f"{ALL_FAILED}; the fleet summary above says where and why "
-                               "(exit status 1)") from None
-            raise CliError(f"{ALL_FAILED} or was dropped before any change, so nothing was "
-                           "changed; the reasons and fixes are listed above (exit status 1)") from None
+                raise SystemExit(f"--> glmfleet: {ALL_FAILED}; the fleet summary above says where "
+                                 "and why (exit status 1)") from None
+            raise SystemExit(f"--> glmfleet: {ALL_FAILED} or was dropped before any change, so "
+                             "nothing was changed; the reasons and fixes are listed above "
+                             "(exit status 1)") from None
     return wrapped
 
 
