@@ -4,10 +4,11 @@
 #   ENABLE_THINKING=0 ./launch.sh    this run without reasoning (a plain run restores .env's)
 # Every other setting comes from .env only (a stray PORT or TP in your shell is ignored).
 # Environment knobs: READY_TIMEOUT, SMOKE_TIMEOUT (seconds; defaults in .env),
-#   COMPOSE_CMD (compose command to use instead of probing for one),
+#   COMPOSE_CMD (compose command to use instead of probing for one; test kits only),
 #   BASE_URL (where the API is reached; default from BIND_HOST/PORT in .env).
 # Exit status: 0 ready and answering, 1 failed (the container's log tail is printed).
 set -euo pipefail
+umask 027  # kit logs hold requests and errors: not for every local user
 KIT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$KIT_DIR"
 # shellcheck source-path=SCRIPTDIR source=tools/kitlib.sh

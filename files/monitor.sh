@@ -6,9 +6,10 @@
 # service stage supervises it (a systemd unit where there is systemd: glmfleet/service/monitor.py).
 #   ./monitor.sh &                   start by hand (after `docker compose up -d`)
 #   kill "$(cat logs/monitor.pid)"   stop it
-# Environment: LOG_CMD (a shell command whose output replaces the container log, for tests),
-#   LOG_MAX_BYTES (rotation size, default 100 MB), LOG_KEEP (old files kept, default 4).
+# Environment: LOG_CMD (a shell command whose output replaces the container log; only in a
+#   test kit, see kit_seam in tools/kitlib.sh), LOG_MAX_BYTES (rotation size, default 100 MB), LOG_KEEP (old files kept, default 4).
 set -euo pipefail
+umask 027  # kit logs hold requests and errors: not for every local user
 KIT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$KIT_DIR"
 # shellcheck source-path=SCRIPTDIR source=tools/kitlib.sh
@@ -40,10 +41,11 @@ trap stop EXIT INT TERM
 
 # log_source: the container's log, followed until the container stops.
 log_source() {
-    if [[ -n ${LOG_CMD:-} ]]; then
-        exec bash -c "$LOG_CMD"
+    local id since=() log_cmd
+    log_cmd=$(kit_seam LOG_CMD)
+    if [[ -n $log_cmd ]]; then
+        exec bash -c "$log_cmd"
     fi
-    local id since=()
     kit_compose >/dev/null 2>&1 || return 0
     id=$("${COMPOSE[@]}" ps -q 2>/dev/null | head -n 1) || return 0
     [[ -n $id ]] || return 0

@@ -3,8 +3,9 @@
 # entrypoint): builds the vLLM command line from the environment that docker-compose.yml
 # passes in from .env, checks it against the checkpoint, and execs vLLM.
 #   SERVE_PRINT_ARGS=1  print the command, one argument per line, instead of running it
-#   SERVE_PYTHON=...    interpreter to exec (for tests; the image's is /opt/venv/bin/python)
-#   SERVE_MODEL_DIR=... where the weights are (for tests; in the container /model)
+#   SERVE_PYTHON=...    interpreter to exec, only in a test kit (a .glmfleet-test-seams file
+#                       beside this script); otherwise always the image's /opt/venv/bin/python
+#   SERVE_MODEL_DIR=... where the weights are, only in a test kit too; otherwise /model
 # The API key goes to vLLM as VLLM_API_KEY, never on the command line: argv shows in `ps` on
 # the host and vLLM logs its non-default arguments at startup.
 set -euo pipefail
@@ -57,7 +58,11 @@ IFS=, read -ra names <<<"$SERVED_MODEL_NAMES"
 
 # One pattern letter per decoder layer of this checkpoint: vLLM would not notice a hand edit
 # that drops or adds one, and the indexer map would shift for every layer after it.
-config=$(cat "${SERVE_MODEL_DIR:-/model}/config.json" 2>/dev/null) || config=
+model_dir=/model
+if [[ -f "$(dirname "${BASH_SOURCE[0]}")/.glmfleet-test-seams" && -n ${SERVE_MODEL_DIR:-} ]]; then
+    model_dir=$SERVE_MODEL_DIR  # test seam, as SERVE_PYTHON below
+fi
+config=$(cat "$model_dir/config.json" 2>/dev/null) || config=
 [[ $config =~ \"num_hidden_layers\"[[:space:]]*:[[:space:]]*([0-9]+) ]] ||
     die "cannot read num_hidden_layers from /model/config.json: are the weights at MODEL_PATH (.env) complete?"
 layers=${BASH_REMATCH[1]}
@@ -103,7 +108,10 @@ if ((mtp)); then
 fi
 
 # By absolute path: the login shell's profile may have reset PATH.
-python=${SERVE_PYTHON:-/opt/venv/bin/python}
+python=/opt/venv/bin/python
+if [[ -f "$(dirname "${BASH_SOURCE[0]}")/.glmfleet-test-seams" && -n ${SERVE_PYTHON:-} ]]; then
+    python=$SERVE_PYTHON  # test seam: inert on a production box (no flag file there)
+fi
 cmd=("$python" -m vllm.entrypoints.cli.main "${args[@]}")
 
 if [[ -n ${API_KEY:-} ]]; then

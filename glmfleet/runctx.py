@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tempfile
 
@@ -118,6 +119,37 @@ def install_callbacks(state, settings_hooks=()) -> None:
         validate_inventory(state)  # here, outside any greenlet: a clean error, no traceback
 
     state.init = init
+    state.fail_hosts = _own_message_when_none_remain(state, state.fail_hosts)
+
+
+# How a run ends when no host is left: one line of ours and exit status 1, instead of
+# pyinfra's "No hosts remaining!" with a source path and line number. SystemExit, because
+# pyinfra wraps any other exception raised while a deploy file runs (preflight) in a traceback.
+ALL_FAILED = "every host of this run failed"
+
+
+def _own_message_when_none_remain(state, fail_hosts):
+    def wrapped(hosts_to_fail, activated_count=None):
+        try:
+            return fail_hosts(hosts_to_fail, activated_count)
+        except PyinfraError:
+            if state.active_hosts:  # another limit (FAIL_PERCENT): pyinfra's own message
+                raise
+            if state.is_executing:
+                raise SystemExit(f"--> glmfleet: {ALL_FAILED}; the fleet summary above says where "
+                                 "and why (exit status 1)") from None
+            raise SystemExit(f"--> glmfleet: {ALL_FAILED} or was dropped before any change, so "
+                             "nothing was changed; the reasons and fixes are listed above "
+                             "(exit status 1)") from None
+    return wrapped
+
+
+def fail_command(message: str):
+    """The command that ends a host's run with ``message`` on stderr (pyinfra prints a failed
+    command's stderr): the one way every stage fails a host from inside an operation."""
+    from pyinfra.api import StringCommand
+
+    return StringCommand(f"echo {shlex.quote('glmfleet: ' + message)} >&2; exit 1")
 
 
 def echo(text: str) -> None:
@@ -164,11 +196,7 @@ def record_preflight(state, host, checks, facts: dict, verdict: str, first_reaso
     if failed:
         echo(f"Dropping {len(failed)} host(s) that failed preflight: "
              + ", ".join(sorted(h.name for h in failed)))
-        try:
-            state.fail_hosts(failed)
-        except PyinfraError as e:  # "No hosts remaining!" / over FAIL_PERCENT
-            raise PyinfraError(f"{e} Every host to deploy failed preflight or was dropped; nothing "
-                           "was changed. The reasons and fixes are listed above.") from None
+        state.fail_hosts(failed)  # none left: our own message (install_callbacks)
 
 
 def passed_preflight(state, host) -> bool:

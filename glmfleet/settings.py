@@ -18,9 +18,13 @@ DEFAULTS_FILE = REPO_ROOT / "group_data" / "all.py"
 
 # The recipe's DCP-1 ceiling: above ~131k a single 250k request OOMs with the KV replicated.
 DCP1_MAX_MODEL_LEN = 131072
-# Data keys that belong to pyinfra or its connectors, not to us.
+# Operators' own inventory keys (rack, owner, notes for their own tasks) start with this;
+# pyinfra reads no such key and neither do we. Any other key that is neither a setting nor
+# pyinfra's is reported as unknown, so a typo never passes.
+SITE_PREFIX = "site_"
+# Data keys that belong to pyinfra or its connectors ("_": its operation arguments, _sudo ...).
 FOREIGN_KEY_PREFIXES = ("ssh_", "_", "local_", "docker_", "dockerssh_", "chroot_", "winrm_",
-                        "vagrant_", "terraform_", "podman_", "testbed_")
+                        "vagrant_", "terraform_", "podman_", SITE_PREFIX)
 
 
 class SettingsError(ValueError):
@@ -90,6 +94,7 @@ class Settings:
     docker_log_max_size: str
     docker_log_max_file: int
     gpu_check_image: str | None
+    gpu_check_always: bool
     # Weights
     weights_tool_dir: str
     weights_parallel_downloads: int
@@ -101,6 +106,13 @@ class Settings:
 
     # Service
     status_harness: str | None
+
+    def __repr__(self) -> str:
+        # Settings travel as operation and function-command arguments, which pyinfra prints
+        # in some modes: the API key is never part of the text.
+        fields = ", ".join(f"{f.name}={'<set>' if f.name == 'api_key' and self.api_key else repr(getattr(self, f.name))}"
+                           for f in dataclasses.fields(self))
+        return f"Settings({fields})"
 
     @property
     def cudagraph_capture_size(self) -> int:
@@ -183,9 +195,12 @@ def _optional(inner):
 
 
 def _abs_path(v: Any) -> str:
-    # No whitespace or ':' either: the path lands in a compose volume line (src:dst:ro).
-    if (not isinstance(v, str) or not re.fullmatch(r"/[^\s:\x00]*", v) or v.rstrip("/") == ""):
-        raise ValueError("an absolute path without spaces or ':', such as /mnt/llm_models/GLM (not /)")
+    # Letters, digits and . _ - + @ only: the path lands in a compose volume line (src:dst:ro,
+    # so no ':'), in a systemd unit (where '%' is a specifier and '$' expands), in .env and
+    # in shell commands. Refused rather than escaped for each of them.
+    if (not isinstance(v, str) or not re.fullmatch(r"/[A-Za-z0-9._+@/-]*", v) or v.rstrip("/") == ""):
+        raise ValueError("an absolute path of letters, digits and . _ - + @ (no spaces, ':', '%', '$' "
+                         "or quotes), such as /mnt/llm_models/GLM (not /)")
     return v.rstrip("/")
 
 
@@ -224,7 +239,17 @@ def _pattern(v: Any) -> str:
     return v
 
 
-_URL = r"https?://\S+"
+# A URL a setting writes into apt's configuration, a deb822 source, an environment file or a
+# command: scheme, optional user:password@, host (name, IPv4 or [IPv6]), optional port and
+# path, and nothing else. Quotes, semicolons, braces, whitespace or a query cannot get
+# through, so no value can end the string it is written into (apt's `Proxy "...";`).
+_URL_START = (r"https?://([A-Za-z0-9._~%-]+(:[A-Za-z0-9._~%-]*)?@)?"
+              r"([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+_URL_PATH_CHAR = r"[A-Za-z0-9._~%/+@=-]"
+_URL = _URL_START + rf"(/{_URL_PATH_CHAR}*)?"
+# NVIDIA's repository path carries the literal $(ARCH) (filled in by glmfleet.docker.plan).
+_URL_ARCH = _URL_START + rf"(/({_URL_PATH_CHAR}|\$\(ARCH\))*)?"
+_URL_DESC = "an http(s):// URL: scheme, host, optional port and path (no quotes, ';', braces, spaces or query)"
 _APT_VERSION = r"[0-9][0-9A-Za-z.+~:-]*"
 
 
@@ -248,7 +273,7 @@ PARSERS = {
     "model_revision": _optional(_str(r"[0-9a-f]{40}", "a 40-hex lowercase commit sha (never a branch such as main)")),
     "weights_dir": _abs_path,
     "hf_cache_dir": _abs_path,
-    "hf_endpoint": _optional(_str(r"https?://\S+", "an http(s):// URL")),
+    "hf_endpoint": _optional(_str(_URL, _URL_DESC)),
     "hf_token_file": _optional(_str(desc="a path on the controller")),
     "image": _str(r"[a-z0-9][a-z0-9._/:@-]*", "a docker image reference (repo:tag)"),
     "image_cuda_version": _str(r"\d+\.\d+", 'a CUDA version "major.minor", e.g. "13.2"'),
@@ -291,18 +316,19 @@ PARSERS = {
     "docker_packages": _choice("docker-ce", "distro"),
     "docker_version": _optional(_str(_APT_VERSION, "an apt version string, e.g. 5:28.5.2-1~ubuntu.24.04~noble")),
     "docker_remove_conflicts": _bool,
-    "docker_repo_url": _optional(_str(_URL, "an http(s):// URL")),
-    "docker_key_url": _optional(_str(_URL, "an http(s):// URL")),
+    "docker_repo_url": _optional(_str(_URL, _URL_DESC)),
+    "docker_key_url": _optional(_str(_URL, _URL_DESC)),
     "docker_key_fingerprint": _fingerprint,
-    "nvidia_repo_url": _str(_URL, "an http(s):// URL (may contain $(ARCH))"),
-    "nvidia_key_url": _str(_URL, "an http(s):// URL"),
+    "nvidia_repo_url": _str(_URL_ARCH, _URL_DESC + "; may contain $(ARCH)"),
+    "nvidia_key_url": _str(_URL, _URL_DESC),
     "nvidia_key_fingerprint": _fingerprint,
     "nvidia_toolkit_version": _optional(_str(_APT_VERSION, "an apt version string, e.g. 1.17.8-1")),
     "nvidia_cdi": _choice("auto", "on", "off"),
-    "apt_proxy": _optional(_str(_URL, "an http(s):// proxy URL, e.g. http://proxy.example:3142")),
+    "apt_proxy": _optional(_str(_URL, _URL_DESC + ", e.g. http://proxy.example:3142")),
     "docker_log_max_size": _str(r"[1-9]\d*[kmg]", 'a size such as "100m" (k, m or g)'),
     "docker_log_max_file": _int(1, 100),
     "gpu_check_image": _optional(_str(r"[a-z0-9][a-z0-9._/:@-]*", "a docker image reference (repo:tag)")),
+    "gpu_check_always": _bool,
     "weights_tool_dir": _abs_path,
     "weights_parallel_downloads": _int(1, 64),
     "weights_rehash": _bool,
@@ -345,7 +371,8 @@ def validate(host: str, data: Mapping[str, Any]) -> Settings:
     for key in sorted(k for k in data if _is_ours(k) and k not in PARSERS):
         close = [k for k in PARSERS if _similar(k, key)]
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        problems.append(f"{host}: unknown setting '{key}'{hint}; the settings are listed in group_data/all.py")
+        problems.append(f"{host}: unknown setting '{key}'{hint}; the settings are listed in group_data/all.py; "
+                        f"keys of your own must start with {SITE_PREFIX!r}")
     for key, parse in PARSERS.items():
         if key not in data:
             problems.append(f"{host}: setting '{key}' is missing (its default lives in group_data/all.py)")

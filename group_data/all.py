@@ -69,9 +69,10 @@ nvidia_key_fingerprint = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"  # pinned: a
 nvidia_toolkit_version = None  # pin all four toolkit packages, e.g. "1.17.8-1"; None = newest
 nvidia_cdi = "auto"  # CDI spec: "auto" = toolkit >= 1.18 and an NVIDIA driver present; "on"; "off"
 apt_proxy = None  # proxy for all apt traffic on the hosts, e.g. "http://proxy:3142"; None = apt as it is
-docker_log_max_size = "100m"  # container log rotation added to daemon.json (operator's own values win)
-docker_log_max_file = 3  # rotated container log files kept
-gpu_check_image = "ubuntu:24.04"  # image for the `docker run --gpus all ... nvidia-smi -L` check; None = skip
+docker_log_max_size = "100m"  # container log rotation (the recipe's): added to daemon.json (operator's own values win there) and set on the service container
+docker_log_max_file = 5  # container log files kept per container (the recipe's 5), in daemon.json and on the service container
+gpu_check_image = "ubuntu:24.04"  # image for the `docker run --gpus all ... nvidia-smi -L` check (pulled, said so, when missing); None = skip
+gpu_check_always = False  # False: the GPU container check runs again only when dockerd, the toolkit or gpu_check_image changed since it last ran; True: on every deploy
 
 # --- Weights --------------------------------------------------------------------------------
 weights_tool_dir = "/opt/glmfleet"  # host dir for the weights tool (bin/weights.pyz), its shipped Python packages (pylib/) and the HF token while a download starts (secrets/, 0700)

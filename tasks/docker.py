@@ -5,7 +5,8 @@ fetched, checked against docker_key_fingerprint and only then trusted; then dock
 docker-ce-cli, containerd.io and the buildx/compose plugins. "distro": the distribution's
 docker.io and its compose (Debian 12: docker-compose 1.29; Ubuntu: docker-compose-v2).
 
-Order matters: nothing is installed or removed before the key has been accepted, and
+Order matters: conflicting packages are decided before any change (a refused host is left
+as it was); nothing is installed or removed before the key has been accepted, and
 daemon.json is merged before the packages go in, so a systemd host's first dockerd start
 (by the package itself) already reads it. The summary gets PASS or FAIL with the reason.
 """
@@ -29,13 +30,7 @@ def run() -> None:
         ops.plan_fail(STAGE, str(e), name="Docker: host check")
         return
 
-    # Proxied sites: one apt-wide proxy (the key download uses apt's downloader, so it too).
-    if s.apt_proxy:
-        ops.file_content(plan.APT_PROXY_CONF, plan.apt_proxy_conf(s.apt_proxy),
-                         name="apt: proxy (apt_proxy)")
-    else:
-        ops.file_absent(plan.APT_PROXY_CONF, name="apt: no glmfleet proxy setting")
-
+    # Conflicts are decided before any change, so "Nothing was changed" holds.
     conflicts = plan.conflicting_packages(s.docker_packages, host_os, facts["packages"])
     if conflicts and not s.docker_remove_conflicts:
         ops.plan_fail(STAGE, (
@@ -45,6 +40,13 @@ def run() -> None:
             "running containers of that engine stop), or choose the other docker_packages"),
             name="Docker: conflicting packages")
         return
+
+    # Proxied sites: one apt-wide proxy (the key download uses apt's downloader, so it too).
+    if s.apt_proxy:
+        ops.file_content(plan.APT_PROXY_CONF, plan.apt_proxy_conf(s.apt_proxy),
+                         name="apt: proxy (apt_proxy)")
+    else:
+        ops.file_absent(plan.APT_PROXY_CONF, name="apt: no glmfleet proxy setting")
 
     if s.docker_packages == "docker-ce":
         repo = plan.docker_repo(host_os, s)

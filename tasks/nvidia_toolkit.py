@@ -4,9 +4,10 @@ NVIDIA's flat apt repository (suite "/"), its key checked against nvidia_key_fin
 before it is trusted; the four toolkit packages (all pinned together when
 nvidia_toolkit_version is set); `nvidia-ctk runtime configure --runtime=docker`; a CDI spec
 where cdi_decision wants one; dockerd restarted once if any of that changed what it runs
-(its GPU support is registered at start). Then a throwaway `docker run --gpus all` must
-list the GPUs preflight found; where that cannot run (no driver, no image) the summary
-says WARN with the reason.
+(its GPU support is registered at start). Then, only when dockerd or the toolkit changed
+since the last pass (or with gpu_check_always), a throwaway `docker run --gpus all` (its
+image pulled first when missing, said so) must list the GPUs preflight found; where that
+cannot run (no driver, no image) the summary says WARN with the reason.
 """
 
 from pyinfra import host
@@ -41,7 +42,11 @@ def run() -> None:
     ops.nvidia_runtime(STAGE, name="Toolkit: nvidia-ctk runtime configure --runtime=docker")
     ops.cdi_spec(s.nvidia_cdi, STAGE, name="Toolkit: CDI spec")
     ops.docker_service(name="Toolkit: dockerd running the current config")
-    ops.verify_toolkit(s.gpu_check_image, s.nvidia_cdi, STAGE, name="Toolkit: verify (GPU container check)")
+    ops.gpu_container_check(s.gpu_check_image, s.gpu_check_always,
+                            name=f"Toolkit: GPU container check (docker run --rm --gpus all "
+                                 f"{s.gpu_check_image or '-'} nvidia-smi -L; pulls the image if missing; "
+                                 "only after a dockerd or toolkit change, or gpu_check_always)")
+    ops.verify_toolkit(s.gpu_check_image, s.nvidia_cdi, STAGE, name="Toolkit: verify")
 
 
 run()

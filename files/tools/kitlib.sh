@@ -5,57 +5,40 @@
 # shellcheck disable=SC2034
 COMPOSE=()
 
+# Test seams (COMPOSE_CMD, LOG_CMD, SERVE_PYTHON) act only in a kit folder holding this file,
+# which the kit's tests create and the deploy never writes: on a production box they are inert.
+KIT_TEST_FLAG=.glmfleet-test-seams
+
+# kit_seam VAR: print VAR's value when the test flag file is present, nothing otherwise.
+kit_seam() {
+    [[ -f $KIT_DIR/$KIT_TEST_FLAG ]] && printf '%s' "${!1:-}"
+    return 0
+}
+
 # kit_dotenv KEY: print KEY's value from .env (the last assignment wins); status 1 if absent.
-# Reads what the renderer writes: KEY=value, KEY='value', KEY="value", comments, blank lines.
+# kit_dotenv_keys: every variable name assigned in .env. Both through the kit's one reader.
 kit_dotenv() {
-    local key=$1 line value="" found=1
-    [[ -f $KIT_DIR/.env ]] || return 1
-    while IFS= read -r line || [[ -n $line ]]; do
-        line=${line%$'\r'}
-        line=${line#"${line%%[![:space:]]*}"}
-        line=${line#export }
-        [[ $line == "$key="* ]] || continue
-        value=${line#*=}
-        found=0
-    done <"$KIT_DIR/.env"
-    ((found == 0)) || return 1
-    case $value in
-        \'*\' | \"*\") value=${value:1:${#value}-2} ;;
-        *)
-            value=${value%%[[:space:]]#*}
-            value=${value%"${value##*[![:space:]]}"}
-            ;;
-    esac
-    printf '%s' "$value"
+    python3 "$KIT_DIR/tools/kitenv.py" get "$1" "$KIT_DIR/.env"
 }
 
-# kit_dotenv_keys: every variable name assigned in .env.
 kit_dotenv_keys() {
-    [[ -f $KIT_DIR/.env ]] || return 0
-    sed -n 's/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=.*/\2/p' "$KIT_DIR/.env"
+    python3 "$KIT_DIR/tools/kitenv.py" keys "$KIT_DIR/.env"
 }
 
-# kit_compose: set the COMPOSE array to the compose command of this host. COMPOSE_CMD
-# overrides it (e.g. a test double). Probed by version output, not exit status:
-# docker-compose 1.29 exits 0 even on options it does not know.
+# kit_compose: set the COMPOSE array to the compose command of this host (tools/compose_probe.sh,
+# the probe the deploy uses too). COMPOSE_CMD overrides it in a test kit (kit_seam).
 kit_compose() {
     local out
-    if [[ -n ${COMPOSE_CMD:-} ]]; then
-        read -ra COMPOSE <<<"$COMPOSE_CMD"
+    out=$(kit_seam COMPOSE_CMD)
+    if [[ -n $out ]]; then
+        read -ra COMPOSE <<<"$out"
         return 0
     fi
-    out=$(docker compose version 2>/dev/null || true)
-    if [[ $out =~ [Cc]ompose\ version\ v?[0-9]+\. ]]; then
-        COMPOSE=(docker compose)
-        return 0
+    if ! out=$(sh "$KIT_DIR/tools/compose_probe.sh"); then
+        echo "neither 'docker compose' (v2 plugin) nor 'docker-compose' is installed" >&2
+        return 1
     fi
-    out=$(docker-compose version --short 2>/dev/null || true)
-    if [[ $out =~ ^v?[0-9]+\.[0-9]+ ]]; then
-        COMPOSE=(docker-compose)
-        return 0
-    fi
-    echo "neither 'docker compose' (v2 plugin) nor 'docker-compose' is installed" >&2
-    return 1
+    read -ra COMPOSE <<<"$out"
 }
 
 # kit_mask: copy stdin to stdout with the API key (if any) replaced by ****.

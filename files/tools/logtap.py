@@ -24,6 +24,7 @@ _NUMBER = r"([0-9][0-9,]*(?:\.[0-9]+)?)"
 PREFILL_RE = re.compile(r"Avg prompt throughput:\s*" + _NUMBER + r"\s*tok(?:en)?s?/s", re.I)
 DECODE_RE = re.compile(r"Avg generation throughput:\s*" + _NUMBER + r"\s*tok(?:en)?s?/s", re.I)
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+LOG_MODE = 0o640  # serve.log (prompts, errors) and peak.json: owner and group only
 
 
 def parse_throughput(line: str) -> tuple[float | None, float | None]:
@@ -71,7 +72,7 @@ class Peaks:
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=1)
                 f.write("\n")
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, LOG_MODE)
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -83,7 +84,7 @@ class RotatingFile:
 
     def __init__(self, path: Path, max_bytes: int, keep: int):
         self.path, self.max_bytes, self.keep = path, max_bytes, keep
-        self.f = open(path, "ab")
+        self.f = _open_log(path)
 
     def write(self, data: bytes) -> None:
         if self.f.tell() and self.f.tell() + len(data) > self.max_bytes:
@@ -101,7 +102,15 @@ class RotatingFile:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink()
-        self.f = open(self.path, "ab")
+        self.f = _open_log(self.path)
+
+
+def _open_log(path: Path):
+    """Append to ``path``, created (or tightened) to LOG_MODE: requests and errors in the
+    log are for the host's operators, not every local user."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+    os.fchmod(fd, LOG_MODE)
+    return os.fdopen(fd, "ab")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,32 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kitenv import read as read_dotenv  # noqa: E402  the kit's one .env reader
+
 KIT_DIR = Path(__file__).resolve().parent.parent
 SMOKE_PROMPT = "Reply with exactly one word: READY"
 CHAT_TEMPERATURE = 0.6  # the recipe's chat sampling
-
-
-def read_dotenv(path: Path) -> dict[str, str]:
-    """KEY=value lines of a .env file (quotes stripped, comments and blanks skipped)."""
-    out: dict[str, str] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        line = line.strip()
-        if line.startswith("export "):
-            line = line[7:].lstrip()
-        key, sep, value = line.partition("=")
-        if not sep or not key or key.startswith("#"):
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        else:
-            value = value.split(" #", 1)[0].strip()
-        out[key.strip()] = value
-    return out
 
 
 @dataclass

@@ -7,12 +7,14 @@ that is removed before the command returns, and its bytes travel back in the out
 Facts used while planning (before any change):  DockerHostFacts.
 Facts read by our operations at execution time:  InstalledPackages, KeyringFile,
 DownloadedKey, FileDigest, DaemonJson, DockerService, NvidiaDriver, CdiSpec,
-GpuContainerCheck.
+GpuCheckState. The GPU container check itself is an operation's command (gpu_check_command),
+never a fact: it pulls an image and runs a container.
 """
 
 from __future__ import annotations
 
 import base64
+import posixpath
 import shlex
 from typing import Any
 
@@ -36,6 +38,13 @@ dockerd_inputs() {
   done
 }
 fingerprint=$(dockerd_inputs | sha256sum | cut -c1-64)
+# The newest status change among those inputs, by ctime: dpkg gives unpacked files their
+# packaged (old) mtime, but their ctime is when they landed. With no stamp yet, a dockerd
+# started after this runs them already (see glmfleet.docker.plan.dockerd_action).
+inputs_changed=$(for f in /etc/docker/daemon.json dockerd nvidia-container-runtime-hook nvidia-cdi-hook; do
+  case $f in /*) p=$f ;; *) p=$(command -v "$f") || continue ;; esac
+  stat -L -c %Z "$p" 2>/dev/null
+done | sort -n | tail -n 1)
 """
 
 
@@ -278,6 +287,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 t() { timeout 20 "$@"; }
 @FINGERPRINT@
 echo "fingerprint=$fingerprint"
+echo "inputs_changed=$inputs_changed"
 [ -r @STAMP@ ] && echo "applied=$(head -n 1 @STAMP@)"
 if [ -d /run/systemd/system ]; then
   echo manager=systemd
@@ -285,8 +295,12 @@ if [ -d /run/systemd/system ]; then
   echo "enabled=$(systemctl is-enabled docker 2>/dev/null)"
 else
   echo manager=none
-  p=$(cat /var/run/docker.pid 2>/dev/null)
-  [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = dockerd ] && echo "pid=$p"
+fi
+p=$(cat /var/run/docker.pid 2>/dev/null)
+if [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = dockerd ]; then
+  echo "pid=$p"
+  # its start in seconds since the epoch: boot time + field 22 of /proc/PID/stat (clock ticks)
+  echo "started=$(( $(awk '/^btime/ {print $2}' /proc/stat) + $(sed 's/.*) //' "/proc/$p/stat" | cut -d' ' -f20) / $(getconf CLK_TCK) ))"
 fi
 if have docker; then
   echo "server=$(t docker version --format '{{.Server.Version}}' 2>/dev/null)"
@@ -304,17 +318,24 @@ def docker_service_command() -> str:
 
 
 def parse_docker_service(text: str) -> dict[str, Any]:
-    """-> {manager, running, enabled (None without systemd), pid, fingerprint, applied,
-    server_version, compose_v2, compose_v1, nvidia_ctk}."""
+    """-> {manager, running, enabled (None without systemd), pid, started (epoch seconds),
+    fingerprint, inputs_changed (epoch seconds), applied, server_version, compose_v2,
+    compose_v1, nvidia_ctk}."""
     kv, _ = _kv(text.splitlines())
     systemd = kv.get("manager") == "systemd"
     running = kv.get("active") == "active" if systemd else bool(kv.get("pid"))
+
+    def number(key: str) -> int | None:
+        return int(kv[key]) if kv.get(key, "").isdigit() else None
+
     return {
         "manager": kv.get("manager"),
         "running": running,
         "enabled": (kv.get("enabled") == "enabled") if systemd else None,
-        "pid": int(kv["pid"]) if kv.get("pid", "").isdigit() else None,
+        "pid": number("pid"),
+        "started": number("started"),
         "fingerprint": kv.get("fingerprint") or None,
+        "inputs_changed": number("inputs_changed"),
         "applied": kv.get("applied") or None,
         "server_version": kv.get("server") or None,
         "compose_v2": kv.get("compose_v2") or None,
@@ -377,39 +398,85 @@ class NvidiaDriver(FactBase):
         return "\n".join(output).strip()
 
 
-GPU_CHECK_SH = r"""
+# What the last completed check (PASS, or WARN when it could not run, e.g. no image) ran
+# against, with its outcome: key=, status=, detail= lines.
+GPU_CHECK_STAMP = "/var/lib/glmfleet/gpu-check.done"
+GPU_CHECK_RESULT = "/var/lib/glmfleet/gpu-check.result"  # the check's output, read by verify_toolkit
+
+GPU_CHECK_STATE_SH = r"""
 export PATH=@PATH@
-command -v nvidia-smi >/dev/null 2>&1 || { echo "skip=no NVIDIA driver on this host (nvidia-smi not found)"; echo end=1; exit 0; }
-nvidia-smi -L 2>/dev/null | sed 's/^/host=/'
-img=@IMAGE@
-e=$(mktemp)
-if ! docker image inspect "$img" >/dev/null 2>&1; then
-  if ! timeout 900 docker pull -q "$img" >/dev/null 2>"$e"; then
-    echo "skip=image $img is not on the host and could not be pulled: $(tail -n 1 "$e")"; rm -f "$e"; echo end=1; exit 0
-  fi
-fi
-rm -f "$e"
-out=$(timeout 300 docker run --rm --gpus all "$img" nvidia-smi -L 2>&1); echo "rc=$?"
-printf '%s\n' "$out" | sed 's/^/out=/'
+@FINGERPRINT@
+echo "fingerprint=$fingerprint"
+command -v nvidia-smi >/dev/null 2>&1 && echo driver=1
+docker image inspect @IMAGE@ >/dev/null 2>&1 && echo image=1
+if [ -r @STAMP@ ]; then sed 's/^/checked./' @STAMP@; fi
+if [ -r @RESULT@ ]; then sed 's/^/result./' @RESULT@; fi
 echo end=1
 """
 
 
-class GpuContainerCheck(FactBase):
-    """Run a throwaway `docker run --rm --gpus all IMAGE nvidia-smi -L` (pulling the image if
-    needed). -> {skip: reason or None, rc, uuids (in the container), host_uuids, output}."""
+def parse_gpu_check_state(lines: list[str]) -> dict[str, Any]:
+    """-> {fingerprint, driver, image_present, checked: the stamp {key, status, detail} or
+    None, result: the output of the
+    check's last run (key, skip, rc, uuids, host_uuids, output) or None}."""
+    kv, multi = _kv(lines)
+    result = None
+    if "result.key" in kv:
+        out = "\n".join(multi.get("result.out", []))
+        result = {"key": kv["result.key"], "skip": kv.get("result.skip"),
+                  "rc": int(kv["result.rc"]) if kv.get("result.rc", "").isdigit() else None,
+                  "uuids": parse_nvidia_smi_list(out),
+                  "host_uuids": parse_nvidia_smi_list("\n".join(multi.get("result.host", []))),
+                  "output": out[-2000:]}
+    return {"fingerprint": kv.get("fingerprint") or None, "driver": kv.get("driver") == "1",
+            "image_present": kv.get("image") == "1",
+            "checked": ({"key": kv["checked.key"], "status": kv.get("checked.status", ""),
+                         "detail": kv.get("checked.detail", "")} if kv.get("checked.key") else None),
+            "result": result}
+
+
+class GpuCheckState(FactBase):
+    """Read-only: what the GPU container check needs to decide (dockerd's fingerprint, the
+    driver, whether the image is on the host, the stamp of the last check, its last output)."""
 
     def command(self, image):
-        return GPU_CHECK_SH.replace("@PATH@", HOST_PATH).replace("@IMAGE@", shlex.quote(image))
+        return (GPU_CHECK_STATE_SH.replace("@PATH@", HOST_PATH).replace("@FINGERPRINT@", FINGERPRINT_SH)
+                .replace("@IMAGE@", shlex.quote(image)).replace("@STAMP@", GPU_CHECK_STAMP)
+                .replace("@RESULT@", GPU_CHECK_RESULT))
 
     @staticmethod
     def default():
-        return {"skip": "not run", "rc": None, "uuids": [], "host_uuids": [], "output": ""}
+        return parse_gpu_check_state([])
 
     def process(self, output):
-        kv, multi = _kv(output)
-        out = "\n".join(multi.get("out", []))
-        return {"skip": kv.get("skip"), "rc": int(kv["rc"]) if kv.get("rc", "").isdigit() else None,
-                "uuids": parse_nvidia_smi_list(out),
-                "host_uuids": parse_nvidia_smi_list("\n".join(multi.get("host", []))),
-                "output": out[-2000:]}
+        return parse_gpu_check_state(list(output))
+
+
+GPU_CHECK_SH = r"""
+export PATH=@PATH@
+mkdir -p @DIR@
+e=$(mktemp) || exit 1
+trap 'rm -f "$e"' EXIT
+run_check() {
+  echo key=@KEY@
+  nvidia-smi -L 2>/dev/null | sed 's/^/host=/'
+  if [ @PULL@ = 1 ] && ! timeout 900 docker pull -q @IMAGE@ >/dev/null 2>"$e"; then
+    echo "skip=image @IMAGE@ is not on the host and could not be pulled: $(tail -n 1 "$e")"
+    return 0
+  fi
+  out=$(timeout 300 docker run --rm --gpus all @IMAGE@ nvidia-smi -L 2>&1) && rc=0 || rc=$?
+  echo "rc=$rc"
+  printf '%s\n' "$out" | sed 's/^/out=/'
+}
+run_check > @RESULT@.tmp && mv -f @RESULT@.tmp @RESULT@
+"""
+
+
+def gpu_check_command(image: str, key: str, pull: bool) -> str:
+    """The check itself, as an operation's command: `docker pull` first when the image is
+    missing (in the command, never silently), then a throwaway `docker run --rm --gpus all
+    IMAGE nvidia-smi -L`. Its output goes to GPU_CHECK_RESULT, judged by verify_toolkit."""
+    return (GPU_CHECK_SH.replace("@PATH@", HOST_PATH)
+            .replace("@DIR@", shlex.quote(posixpath.dirname(GPU_CHECK_RESULT)))
+            .replace("@KEY@", shlex.quote(key)).replace("@PULL@", "1" if pull else "0")
+            .replace("@IMAGE@", shlex.quote(image)).replace("@RESULT@", GPU_CHECK_RESULT))

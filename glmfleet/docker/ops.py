@@ -15,7 +15,7 @@ Service manager, chosen from facts (/run/systemd/system present or not):
   and stops it by the pid in /var/run/docker.pid. Nothing brings it back after a reboot or
   a crash there; the deploy (or `glmfleet-dockerd start`) does.
 In both cases dockerd is (re)started only when what it runs changed: see FINGERPRINT_SH in
-glmfleet/facts/docker.py and the APPLIED_STAMP it is compared with.
+glmfleet/docker/facts.py and the APPLIED_STAMP it is compared with.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from pyinfra.facts.apt import noninteractive_apt
 from glmfleet import runctx
 from glmfleet.upload import atomic_upload
 from glmfleet.docker.plan import (DAEMON_JSON, AptRepo, PlanError, cdi_decision, compare_gpus,
-                                  installed_key_ok, key_problem, key_refusal, merge_daemon_config,
+                                  dockerd_action, gpu_check_due, gpu_check_key, installed_key_ok,
+                                  key_problem, key_refusal, merge_daemon_config,
                                   nvidia_runtime_configured, package_name, packages_to_install,
                                   parse_daemon_json, render_daemon_json)
-from glmfleet.docker.facts import (APPLIED_STAMP, CDI_SPEC, CdiSpec, DaemonJson, DockerService,
-                                   DownloadedKey, FileDigest, GpuContainerCheck, InstalledPackages,
-                                   KeyringFile, NvidiaDriver)
+from glmfleet.docker.facts import (APPLIED_STAMP, CDI_SPEC, GPU_CHECK_RESULT, GPU_CHECK_STAMP, CdiSpec,
+                                   DaemonJson, DockerService, DownloadedKey, FileDigest, GpuCheckState,
+                                   InstalledPackages, KeyringFile, NvidiaDriver, gpu_check_command)
 
 q = shlex.quote
 
@@ -116,7 +117,7 @@ def _fail(stage: str, message: str):
     (pyinfra prints a failed command's stderr, so it is not echoed here too)."""
     if _executing():
         runctx.record(host.name, stage, "FAIL", message)
-    yield StringCommand(f"echo {q('glmfleet: ' + message)} >&2; exit 1")
+    yield runctx.fail_command(message)
 
 
 # --- generic -------------------------------------------------------------------------------
@@ -289,27 +290,29 @@ def cdi_spec(setting: str, stage: str = "nvidia_toolkit"):
 
 @operation()
 def docker_service():
-    """dockerd running what is on disk: start it when stopped, restart it when its inputs
-    changed since its last start (stamp), enable it at boot where there is systemd."""
+    """dockerd running what is on disk: start it when stopped, restart it only when its inputs
+    changed (stamp; see plan.dockerd_action), adopt a running one that already runs them,
+    enable it at boot where there is systemd."""
     svc = host.get_fact(DockerService)
     stamp = (f"mkdir -p {q(posixpath.dirname(APPLIED_STAMP))} && "
              f"printf '%s\\n' {q(svc['fingerprint'] or '')} > {APPLIED_STAMP}.tmp && "
              f"mv -f {APPLIED_STAMP}.tmp {APPLIED_STAMP}")
     systemd = svc["manager"] == "systemd"
-    start = "systemctl enable --now docker" if systemd else f"{INITLESS_HELPER} start"
-    restart = "systemctl restart docker" if systemd else f"{INITLESS_HELPER} restart"
+    action, why = dockerd_action(svc)
+    commands = {"start": "systemctl enable --now docker" if systemd else f"{INITLESS_HELPER} start",
+                "restart": "systemctl restart docker" if systemd else f"{INITLESS_HELPER} restart",
+                "adopt": None}
     changed = False
-    if not svc["running"]:
-        yield StringCommand(f"{start} && {stamp}")
+    if action:
+        if _executing():
+            runctx.echo(f"[{host.name}] dockerd: {action}: {why}")
+        yield StringCommand(f"{commands[action]} && {stamp}" if commands[action] else stamp)
         changed = True
-    elif svc["applied"] != svc["fingerprint"]:
-        yield StringCommand(f"{restart} && {stamp}")
-        changed = True
-    if systemd and not svc["enabled"] and not (changed and not svc["running"]):
+    if systemd and not svc["enabled"] and action != "start":
         yield StringCommand("systemctl enable docker")
         changed = True
     if not changed:
-        host.noop("dockerd is running what is on disk")
+        host.noop(why)
 
 
 def _preflight_uuids() -> list[str] | None:
@@ -346,9 +349,58 @@ def verify_docker(flavour: str, stage: str = "docker"):
 
 
 @operation()
+def gpu_container_check(image: str | None, always: bool):
+    """Pull IMAGE when it is not on the host, then run a throwaway
+    `docker run --rm --gpus all IMAGE nvidia-smi -L`; verify_toolkit compares what it saw
+    with preflight's GPUs. Runs only when dockerd or the toolkit changed since the last pass
+    (or gpu_check_always): a second deploy with nothing changed starts no container."""
+    state = host.get_fact(GpuCheckState, image=image) if image else None
+    checked = state and state["checked"]
+    due, why = gpu_check_due(image=image, has_driver=bool(state and state["driver"]),
+                             checked=checked and checked["key"],
+                             key=gpu_check_key(state and state["fingerprint"], image or ""), always=always)
+    if not due:
+        host.noop(why)
+        return
+    pull = not state["image_present"]
+    if _executing():
+        runctx.echo(f"[{host.name}] GPU container check: "
+                    + (f"pulling {image} (not on the host), then " if pull else "")
+                    + f"`docker run --rm --gpus all {image} nvidia-smi -L`")
+    yield StringCommand(gpu_check_command(image, gpu_check_key(state["fingerprint"], image), pull))
+
+
+def _gpu_verdict(image: str | None) -> tuple[str, str, bool]:
+    """(status, detail, stamp it?) of the GPU container check: judged from its output of
+    this run, else from the stamp of the last check that ran to the end."""
+    state = host.get_fact(GpuCheckState, image=image) if image else None
+    key = gpu_check_key(state and state["fingerprint"], image or "")
+    result = state and state["result"]
+    if not (result and result["key"] == key):  # it did not run for this dockerd and image
+        checked = state and state["checked"]
+        if image is None or not state["driver"]:
+            return "WARN", gpu_check_due(image=image, has_driver=False, checked=None, key=key,
+                                         always=False)[1], False
+        if checked and checked["key"] == key:
+            return (checked["status"] if checked["status"] in ("PASS", "WARN") else "WARN",
+                    f"{checked['detail']} (checked before with this dockerd, toolkit and image)", False)
+        return "WARN", "GPU container check did not run", False
+    if result["skip"]:
+        return "WARN", f"GPU container check skipped: {result['skip']}", True
+    if result["rc"] != 0:
+        return "FAIL", (f"`docker run --rm --gpus all {image} nvidia-smi -L` failed "
+                        f"(rc {result['rc']}): {result['output'][-400:]}"), False
+    expected, source = _preflight_uuids(), "preflight"
+    if expected is None and result["host_uuids"]:
+        expected, source = result["host_uuids"], "the host's nvidia-smi"
+    status, detail = compare_gpus(result["uuids"], expected)
+    return status, detail.replace("preflight", source), status == "PASS"
+
+
+@operation()
 def verify_toolkit(gpu_check_image: str | None, cdi_setting: str, stage: str = "nvidia_toolkit"):
-    """The nvidia runtime is configured, and (on a GPU host) a throwaway container run with
-    all GPUs lists the same GPUs preflight found."""
+    """The nvidia runtime is configured, and the GPU container check (when it ran) saw the
+    GPUs preflight found; its outcome is stamped so the next deploy need not run it again."""
     if not _executing():
         return
     _, config, error = _daemon_config()
@@ -359,25 +411,17 @@ def verify_toolkit(gpu_check_image: str | None, cdi_setting: str, stage: str = "
     has_driver = bool(host.get_fact(NvidiaDriver))
     _, cdi_note = cdi_decision(cdi_setting, version, has_driver)
     parts = [f"toolkit {version}", "nvidia runtime in daemon.json", cdi_note or f"CDI spec {CDI_SPEC}"]
-    if gpu_check_image is None:
-        status, detail = "WARN", "GPU container check off (gpu_check_image=None)"
-    else:
-        check = host.get_fact(GpuContainerCheck, image=gpu_check_image)
-        if check["skip"]:
-            status, detail = "WARN", f"GPU container check skipped: {check['skip']}"
-        elif check["rc"] != 0:
-            status, detail = "FAIL", (f"`docker run --rm --gpus all {gpu_check_image} nvidia-smi -L` failed "
-                                      f"(rc {check['rc']}): {check['output'][-400:]}")
-        else:
-            expected = _preflight_uuids()
-            source = "preflight"
-            if expected is None and check["host_uuids"]:
-                expected, source = check["host_uuids"], "the host's nvidia-smi"
-            status, detail = compare_gpus(check["uuids"], expected)
-            detail = detail.replace("preflight", source)
+    status, detail, stamp = _gpu_verdict(gpu_check_image)
     message = "; ".join(filter(None, parts + [detail]))
     if status == "FAIL":
         yield from _fail(stage, message)
         return
     _record(stage, status, message)
-    host.noop("toolkit verified")
+    if stamp:  # the check ran to the end: not again until dockerd, the toolkit or the image change
+        state = host.get_fact(GpuCheckState, image=gpu_check_image)
+        lines = "\n".join([f"key={gpu_check_key(state['fingerprint'], gpu_check_image)}",
+                           f"status={status}", f"detail={detail}"])
+        yield StringCommand(f"printf '%s\\n' {q(lines)} > {GPU_CHECK_STAMP}.tmp && "
+                            f"mv -f {GPU_CHECK_STAMP}.tmp {GPU_CHECK_STAMP} && rm -f {GPU_CHECK_RESULT}")
+    else:
+        host.noop("toolkit verified")

@@ -1,7 +1,7 @@
 """Docker and NVIDIA Container Toolkit: the decisions, as pure functions (no pyinfra import).
 
-Facts gather (glmfleet/facts/docker.py), this module decides, glmfleet/ops/docker.py
-changes. Everything here is tested directly on recorded facts (tests/unit/test_docker_plan.py):
+Facts gather (glmfleet/docker/facts.py), this module decides, glmfleet/docker/ops.py
+changes. Everything here is tested directly on recorded facts (tests/unit/docker/test_docker_plan.py):
 
 - which apt repository (deb822 text, key URL, pinned fingerprint) and which packages a host
   gets for the chosen flavour (Docker's docker-ce, or the distribution's docker.io);
@@ -288,6 +288,9 @@ def installed_key_ok(keyring: Mapping[str, Any] | None, pinned: str) -> bool:
 # --- apt proxy -----------------------------------------------------------------------------
 
 def apt_proxy_conf(url: str) -> str:
+    # settings.py admits only plain URLs; refuse here too, as this text becomes root's apt config
+    if re.search(r'["\';{}\\\s]', url):
+        raise PlanError(f"apt_proxy {url!r} holds a quote, ';', brace or space: not a plain URL")
     return ("// Managed by glmfleet (setting apt_proxy): every apt download on this host goes\n"
             "// through this proxy, including Docker's and NVIDIA's repositories.\n"
             f'Acquire::http::Proxy "{url}";\n'
@@ -387,3 +390,48 @@ def compare_gpus(seen: list[str], expected: list[str] | None) -> tuple[str, str]
     return "FAIL", ("the GPUs a container sees differ from preflight's: "
                     + "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "",
                                               f"unexpected {', '.join(extra)}" if extra else ""])))
+
+
+# --- dockerd (re)start and when the GPU check runs ---------------------------------------------
+
+def dockerd_action(svc: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(action, why) for dockerd from the DockerService fact: "start", "restart", "adopt"
+    (write the stamp only) or None (nothing to do).
+
+    A restart stops every container on the host, so it happens only on a real change: the
+    stamp written at our last (re)start differs from what dockerd's inputs are now. With no
+    stamp yet (a host that ran Docker before glmfleet), a running dockerd that started after
+    its inputs last changed already runs them: it is adopted, not restarted."""
+    if not svc.get("running"):
+        return "start", "dockerd is not running"
+    if svc.get("applied") and svc.get("applied") == svc.get("fingerprint"):
+        return None, "dockerd is running what is on disk"
+    started, changed = svc.get("started"), svc.get("inputs_changed")
+    if svc.get("applied") is None and started is not None and changed is not None and changed < started:
+        return "adopt", "dockerd already runs the configuration on disk: adopted without a restart"
+    if svc.get("applied") is None:
+        return "restart", "its configuration or binaries changed since dockerd started"
+    return "restart", "its configuration or binaries changed since its last start"
+
+
+def gpu_check_key(fingerprint: str | None, image: str) -> str:
+    """What a completed GPU container check vouches for: this dockerd's inputs (config,
+    binary, NVIDIA hooks, so toolkit changes too) and this image."""
+    return f"{fingerprint or 'unknown'} {image}"
+
+
+def gpu_check_due(*, image: str | None, has_driver: bool, checked: str | None, key: str,
+                  always: bool) -> tuple[bool, str]:
+    """(run the GPU container check now?, why not). It pulls an image and starts a container,
+    so it runs when dockerd or the toolkit changed since it last ran to the end (``checked``:
+    that run's key), or when asked; a re-run with nothing changed starts nothing."""
+    if image is None:
+        return False, "GPU container check off (gpu_check_image=None)"
+    if not has_driver:
+        return False, "GPU container check skipped: no NVIDIA driver on this host (nvidia-smi not found)"
+    if always:
+        return True, ""
+    if checked == key:
+        return False, ("GPU container check already done with this dockerd, toolkit and image "
+                       "(gpu_check_always=true runs it again)")
+    return True, ""

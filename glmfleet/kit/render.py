@@ -35,6 +35,8 @@ STATIC_FILES: dict[str, int] = {
     "monitor.sh": 0o755,
     "README.md": 0o644,
     "tools/kitlib.sh": 0o644,
+    "tools/kitenv.py": 0o644,
+    "tools/compose_probe.sh": 0o644,  # run with sh by kitlib.sh and by the deploy's host facts
     "tools/oai_client.py": 0o644,
     "tools/logtap.py": 0o644,
     "test/harnesslib.py": 0o644,
@@ -44,7 +46,7 @@ STATIC_FILES: dict[str, int] = {
 # The files the running container depends on. `compose up -d` recreates the container by itself
 # when the compose file or the .env values it interpolates change, but not when serve.sh (a
 # mounted file) does; runtime_fingerprint() says precisely when a restart is due.
-RESTART_ON_CHANGE = ("docker-compose.yml", ".env", "serve.sh")
+RESTART_ON_CHANGE = ("docker-compose.yml", "serve.sh", ".env")  # .env: only the values compose uses
 
 # .env values that need no quoting in any of: compose v2, docker-compose 1.29 (python-dotenv),
 # the kit's own bash reader. Anything else is single-quoted (literal in all three) when it can be.
@@ -119,6 +121,10 @@ def compose_values(settings: Settings) -> dict[str, str]:
         "shm_size": settings.shm_size,
         "omp_num_threads": str(settings.omp_num_threads),
         "cuda_visible_devices": ",".join(str(i) for i in range(settings.gpu_count)),
+        # Per-container options override daemon.json's, so the service's rotation is set
+        # here from the same two settings: one source for every container's log rotation.
+        "log_max_size": settings.docker_log_max_size,
+        "log_max_file": str(settings.docker_log_max_file),
     }
 
 
@@ -151,16 +157,24 @@ def runtime_fingerprint(files: Mapping[str, tuple[str, int]]) -> str:
     (launch.sh's timeouts, comments, the harnesses) does not."""
     compose = files["docker-compose.yml"][0]
     used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", compose)) | {"COMPOSE_PROJECT_NAME"}
-    values = {}
-    for line in files[".env"][0].splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key in used:
-            values[key] = value
+    values = {k: v for k, v in _kitenv().parse(files[".env"][0]).items() if k in used}
     digest = hashlib.sha256()
-    for part in (compose, files["serve.sh"][0], json.dumps(values, sort_keys=True)):
+    for name in RESTART_ON_CHANGE:
+        part = json.dumps(values, sort_keys=True) if name == ".env" else files[name][0]
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def _kitenv():
+    """The kit's own .env reader (files/tools/kitenv.py): one implementation for the box and
+    the deploy's restart decision."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("glmfleet_kitenv", FILES_DIR / "tools" / "kitenv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_kit(root: str | os.PathLike, files: Mapping[str, tuple[str, int]]) -> None:

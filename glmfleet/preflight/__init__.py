@@ -17,8 +17,11 @@ __all__ = ["GpuProbe", "HostFacts", "gather_preflight_facts", "parse_host_facts"
            "parse_probe_output", "probe_stdin"]
 
 
-def gather_preflight_facts(host, settings) -> dict:
-    """Both fact dicts for one pyinfra host, as {"gpu": ..., "host": ...}."""
-    host_facts = host.get_fact(HostFacts, weights_dir=settings.weights_dir, port=settings.port)
+def gather_preflight_facts(host, settings, manifest: dict | None = None) -> dict:
+    """Both fact dicts for one pyinfra host, as {"gpu": ..., "host": ...}. ``manifest``: the
+    pinned revision's, whose files alone count as weights present (None: none counts)."""
+    expected = tuple((f["path"], f["size"]) for f in (manifest or {}).get("files", ()))
+    host_facts = host.get_fact(HostFacts, weights_dir=settings.weights_dir, port=settings.port,
+                               expected=expected)
     gpu = host.get_fact(GpuProbe, _stdin=probe_stdin())
     return {"gpu": gpu, "host": host_facts}

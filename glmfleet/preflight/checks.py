@@ -243,20 +243,24 @@ def check_gpu_processes(gpu: Mapping[str, Any], host: Mapping[str, Any], setting
 
 def check_persistence(gpu: Mapping[str, Any]) -> Check:
     off = [gpu_label(g) for g in _gpus(gpu) if g.get("persistence") is False]
-    unknown = [str(g.get("index")) for g in _gpus(gpu) if g.get("persistence") is None]
+    unknown = [f"{gpu_label(g)}{_error_of(g, 'persistence')}" for g in _gpus(gpu) if g.get("persistence") is None]
     if off:
         return Check("persistence_mode", WARN, "persistence mode off on " + ", ".join(off) +
                      " (slower start, GPU state reset when idle)",
                      "enable it: `nvidia-smi -pm 1`, or run nvidia-persistenced at boot")
-    note = f" (unknown on GPU {', '.join(unknown)})" if unknown else ""
-    return Check("persistence_mode", PASS, "persistence mode on" + note)
+    if unknown:
+        return Check("persistence_mode", WARN, "persistence mode unknown on " + ", ".join(unknown),
+                     "check with `nvidia-smi -q | grep -i persistence`")
+    return Check("persistence_mode", PASS, "persistence mode on")
 
 
 def check_pcie_link(gpu: Mapping[str, Any]) -> Check:
-    slow = []
+    slow, unknown = [], []
     for g in _gpus(gpu):
         gen, gen_max = g.get("pcie_gen"), g.get("pcie_gen_max")
         width, width_max = g.get("pcie_width"), g.get("pcie_width_max")
+        if None in (gen, gen_max, width, width_max):
+            unknown.append(f"{gpu_label(g)}{_error_of(g, 'pcie_width')}")
         if gen is not None and gen_max is not None and gen < gen_max or \
                 width is not None and width_max is not None and width < width_max:
             slow.append(f"{gpu_label(g)} at gen {gen} x{width} of gen {gen_max} x{width_max}")
@@ -264,6 +268,9 @@ def check_pcie_link(gpu: Mapping[str, Any]) -> Check:
         return Check("pcie_link", WARN, "PCIe link below its maximum: " + "; ".join(slow) +
                      " (idle GPUs lower the link speed; a narrower width is a slot or riser issue)",
                      "re-check under load (`nvidia-smi -q -d PCIE`); reseat the card or use a full x16 slot")
+    if unknown:
+        return Check("pcie_link", WARN, "PCIe link generation or width unknown on " + ", ".join(unknown),
+                     "check with `nvidia-smi -q -d PCIE`")
     return Check("pcie_link", PASS, "every GPU's PCIe link runs at its maximum")
 
 
@@ -332,7 +339,8 @@ def check_disk(host: Mapping[str, Any], settings: Settings,
                      "check that the weights_dir's parent exists and `df` works")
     need = to_fetch + margin
     detail = (f"{gib(free)} free on {where}; needs {gib(need)} = {gib(to_fetch)} still to "
-              f"download ({gib(present)} present) + {settings.disk_margin_gib:g} GiB margin{note}")
+              f"download ({gib(present)} of the revision's files present in full) + "
+              f"{settings.disk_margin_gib:g} GiB margin{note}")
     if free < need:
         return Check("disk", FAIL, detail, f"free {gib(need - free)} on {where}, or point "
                                            "weights_dir at a larger filesystem")
@@ -342,9 +350,13 @@ def check_disk(host: Mapping[str, Any], settings: Settings,
 def check_shm(host: Mapping[str, Any], settings: Settings) -> Check:
     size = host.get("shm_total_bytes")
     want = settings.min_shm_gib
-    if size is None or host.get("shm_fstype") not in (None, "tmpfs"):
-        return Check("shm", WARN, "/dev/shm is not a tmpfs mount (the container shares it: ipc: host)",
-                     "mount a tmpfs on /dev/shm")
+    if host.get("shm_fstype") not in (None, "tmpfs"):
+        return Check("shm", WARN, f"/dev/shm is a {host.get('shm_fstype')} mount, not a tmpfs (the "
+                                  "container shares it: ipc: host)", "mount a tmpfs on /dev/shm")
+    if size is None:
+        return Check("shm", WARN, "could not measure /dev/shm (`df` gave no size for it; the "
+                                  "container shares it: ipc: host)",
+                     f"check it is a tmpfs of at least {want:g} GiB: `df -h /dev/shm`")
     if size < want * GIB:
         return Check("shm", WARN, f"/dev/shm is {gib(size)}, below {want:g} GiB (the container "
                                   "uses the host's through ipc: host; small shm breaks multi-GPU workers)",
@@ -476,36 +488,37 @@ def check_sizing(gpu: Mapping[str, Any], settings: Settings, weights_total_bytes
                  "validated setup")
 
 
-def check_docker(host: Mapping[str, Any]) -> Check:
+def check_docker(host: Mapping[str, Any], settings: Settings,
+                 conflicts: list[str] | None = None) -> Check:
+    """Docker, compose and the toolkit as found, and the installed packages the docker stage
+    would refuse (``conflicts``: decided by glmfleet.docker.plan, handed in by the task)."""
     version, server = host.get("docker_version"), host.get("docker_server_version")
+    v2, v1, ctk = host.get("compose_v2_version"), host.get("compose_v1_version"), host.get("nvidia_ctk_version")
+    found = "; ".join(filter(None, [f"docker compose {v2}" if v2 else f"docker-compose {v1}" if v1 else "",
+                                    f"NVIDIA Container Toolkit {ctk}" if ctk else ""]))
+    found = f" ({found})" if found else ""
+    if conflicts:
+        which = f"installed packages conflict with docker_packages={settings.docker_packages!r}: {', '.join(conflicts)}"
+        if settings.docker_remove_conflicts:
+            return Check("docker", WARN, f"{which}; the docker stage removes them (docker_remove_conflicts)"
+                                         " and their engine's containers stop")
+        return Check("docker", FAIL, f"{which}; the docker stage would refuse this host",
+                     "remove them yourself, set docker_remove_conflicts=true to let the deploy remove "
+                     "them, or choose the other docker_packages")
     if not version:
-        return Check("docker", PASS, "Docker not installed: the docker stage installs it")
+        return Check("docker", PASS, f"Docker not installed: the docker stage installs it{found}")
     if not server:
-        return Check("docker", WARN, f"Docker {version} installed but its daemon did not answer",
+        return Check("docker", WARN, f"Docker {version} installed but its daemon did not answer{found}",
                      "the docker stage starts it; check `systemctl status docker` if it stays down")
-    return Check("docker", PASS, f"Docker {server} running")
-
-
-def check_compose(host: Mapping[str, Any]) -> Check:
-    v2, v1 = host.get("compose_v2_version"), host.get("compose_v1_version")
-    if v2 or v1:
-        which = f"docker compose {v2}" if v2 else f"docker-compose {v1}"
-        return Check("compose", PASS, f"{which} present")
-    return Check("compose", PASS, "Docker Compose not installed: the docker stage installs it")
-
-
-def check_nvidia_toolkit(host: Mapping[str, Any]) -> Check:
-    version = host.get("nvidia_ctk_version")
-    if version:
-        return Check("nvidia_toolkit", PASS, f"NVIDIA Container Toolkit {version} present")
-    return Check("nvidia_toolkit", PASS, "NVIDIA Container Toolkit not installed: its stage installs it")
+    return Check("docker", PASS, f"Docker {server} running{found}")
 
 
 # --- all together -----------------------------------------------------------------------
 
 def run_checks(gpu: Mapping[str, Any] | None, host: Mapping[str, Any] | None, settings: Settings,
                weights_total_bytes: int | None = None,
-               hub_python: tuple[str, str] | None = None) -> list[Check]:
+               hub_python: tuple[str, str] | None = None,
+               docker_conflicts: list[str] | None = None) -> list[Check]:
     """Every check, hard requirements first (so first_failure is the most telling one).
 
     GPU checks that need NVML are skipped when the probe failed (its FAIL says why); host
@@ -534,6 +547,6 @@ def run_checks(gpu: Mapping[str, Any] | None, host: Mapping[str, Any] | None, se
     if probe_ok:
         checks += [check_persistence(gpu), check_pcie_link(gpu)]
     if host_ok:
-        checks += [check_iommu(host), check_shm(host, settings), check_docker(host),
-                   check_compose(host), check_nvidia_toolkit(host)]
+        checks += [check_iommu(host), check_shm(host, settings),
+                   check_docker(host, settings, docker_conflicts)]
     return checks

@@ -18,8 +18,6 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-END_MARKER = "end=1"
-
 # POSIX sh (dash). @WEIGHTS@ and @PORT@ are replaced with quoted values.
 SCRIPT = r"""
 W=@WEIGHTS@
@@ -45,15 +43,18 @@ echo "weights_existing_parent=$d"
 df -Pk "$d" 2>/dev/null | awk 'NR == 2 {
   print "weights_fs_total_kb=" $2; print "weights_fs_free_kb=" $4
   sub(/^[^ ]+ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+% +/, ""); print "weights_fs_mount=" $0 }'
+# Weights already present: only the manifest's files (the "<size> <path>" lines below),
+# each at its expected size and fully allocated (a sparse or preallocated-but-unwritten file
+# is not present); other revisions, stray files and partials count for nothing.
 if [ -d "$W" ]; then
-  # Bytes of files (through symlinks), comparable with the manifest's sizes. Hub client
-  # partials (.cache) are deleted, not resumed, so they do not count as present.
-  if find "$W" -maxdepth 0 -printf '' >/dev/null 2>&1; then
-    b=$(find -L "$W" -path "$W/.cache" -prune -o -type f -printf '%s\n' 2>/dev/null |
-        awk '{ s += $1 } END { printf "%.0f", s }')
-  else
-    k=$(du -skL "$W" 2>/dev/null | cut -f1); b=; [ -z "$k" ] || b=$((k * 1024))
-  fi
+  b=0
+  while read -r size path; do
+    [ -n "$path" ] && [ -f "$W/$path" ] || continue
+    set -- $(stat -L -c '%s %b %B' "$W/$path" 2>/dev/null)
+    [ "${1:-}" = "$size" ] && [ $(( ${2:-0} * ${3:-0} )) -ge "$size" ] && b=$((b + size))
+  done <<'GLMFLEET_MANIFEST'
+@EXPECTED@
+GLMFLEET_MANIFEST
   echo "weights_present_bytes=$b"
 fi
 df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print "shm_total_kb=" $2; print "shm_free_kb=" $4}'
@@ -106,15 +107,22 @@ exit 0
 """
 
 
-def host_facts_command(weights_dir: str, port: int) -> str:
-    return SCRIPT.replace("@WEIGHTS@", shlex.quote(weights_dir)).replace("@PORT@", str(int(port)))
+def host_facts_command(weights_dir: str, port: int, expected=()) -> str:
+    """``expected``: (path, size) of the manifest's files, the only ones counted as present."""
+    lines = []
+    for path, size in expected:
+        if "\n" in path or "GLMFLEET_MANIFEST" in path:  # cannot be one line of the list
+            continue
+        lines.append(f"{int(size)} {path}")
+    return (SCRIPT.replace("@WEIGHTS@", shlex.quote(weights_dir)).replace("@PORT@", str(int(port)))
+            .replace("@EXPECTED@", "\n".join(lines)))
 
 
 class HostFacts(FactBase):
     """OS, resources, disk for the weights, /dev/shm, the service port, IOMMU/ACS, Docker."""
 
-    def command(self, weights_dir: str, port: int) -> str:
-        return host_facts_command(weights_dir, port)
+    def command(self, weights_dir: str, port: int, expected=()) -> str:
+        return host_facts_command(weights_dir, port, expected)
 
     @staticmethod
     def default() -> dict:

@@ -131,6 +131,11 @@ class Job:
     plan: svc.Plan
     endpoint: str
 
+    def __repr__(self) -> str:
+        # A job is a function-command argument, which pyinfra prints in some modes; its files
+        # hold .env (the API key), so only their names are shown.
+        return f"Job({self.endpoint}, kit files: {', '.join(sorted(self.files))})"
+
 
 def _earlier_failure() -> str | None:
     stages = runctx.run_for(host.state).stages.get(host.name, {})
@@ -418,7 +423,7 @@ def check():
     except Refusal as e:
         service_run(host.state).rollout.drop(host.name)
         _result(None, "FAIL", "refused", str(e), s)
-        yield StringCommand(f"echo {q('glmfleet: service not started: ' + str(e))} >&2; exit 1")
+        yield runctx.fail_command(f"service not started: {e}")
         return
     host.noop("Docker, compose and verified weights in place")
 
@@ -459,7 +464,7 @@ def rollout():
         if executing:
             service_run(host.state).rollout.drop(host.name)
             _result(None, "FAIL", "refused", str(e), s)
-            yield StringCommand(f"echo {q('glmfleet: ' + str(e))} >&2; exit 1")
+            yield runctx.fail_command(str(e))
         return
     if not executing:
         if job.plan.changes:  # what --dry shows: the file names and reasons, never content

@@ -25,7 +25,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from glmfleet.kit.index_pattern import skip_count
-from glmfleet.kit.render import runtime_fingerprint
+from glmfleet.kit.render import FILES_DIR, runtime_fingerprint
 from glmfleet.report import clip, short_image
 
 STATE_DIR = ".glmfleet"
@@ -38,6 +38,8 @@ WEIGHTS_MARKER = ".glmfleet/VERIFIED"
 # A site's own compose override, merged by `docker compose` / `docker-compose` when present.
 # Not ours: never written, never restarted for; reported so nobody is surprised by it.
 SITE_OVERRIDE = "docker-compose.override.yml"
+# The kit's own compose probe: the host facts run it too, so fleet and box always agree.
+COMPOSE_PROBE = FILES_DIR / "tools" / "compose_probe.sh"
 
 SKIP_MARK = "skip sparse MLA indexer"
 # vLLM prints the engine config ("... kv_cache_dtype=fp8 ...") and its non-default args
@@ -232,9 +234,7 @@ if command -v docker >/dev/null 2>&1; then
 else
   echo docker=absent
 fi
-if docker compose version 2>/dev/null | grep -Eq '[Cc]ompose version v?[0-9]+[.]'; then echo 'compose=docker compose'
-elif docker-compose version --short 2>/dev/null | grep -Eq '^v?[0-9]+[.][0-9]+'; then echo compose=docker-compose
-fi
+c=$(sh -c {q(COMPOSE_PROBE.read_text())}) && echo "compose=$c"
 true
 """
 

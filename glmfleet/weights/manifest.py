@@ -158,17 +158,3 @@ def diff_manifest(manifest: dict, local_state: Mapping[str, Mapping]) -> dict:
             out["changed"].append(path)
     out["extra"] = [p for p in local_state if p not in expected]
     return {k: sorted(v) for k, v in out.items()}
-
-
-def bytes_to_download(manifest: dict, verified_cache: Mapping | None) -> int:
-    """Bytes a host must still fetch: every file whose cached hash is not the manifest's.
-
-    verified_cache: the host's hash cache document ({"version", "files": {...}}) or just
-    its "files" mapping; None or empty = nothing is there yet. A cache entry is trusted as
-    the host last saw the file; the host re-checks identities itself before downloading, so
-    this is the number for the disk-space preflight, not a promise."""
-    files = verified_cache or {}
-    if isinstance(files.get("files"), Mapping):
-        files = files["files"]
-    ok = set(diff_manifest(manifest, files)["ok"])
-    return sum(f["size"] for f in manifest["files"] if f["path"] not in ok)

@@ -182,7 +182,7 @@ def fail(message: str):
     """A FAIL known while planning (e.g. no manifest): recorded, then the host is dropped."""
     if _executing():
         runctx.record(host.name, STAGE, "FAIL", message)
-    yield StringCommand(f"echo {q('glmfleet: ' + message)} >&2; exit 1")
+    yield runctx.fail_command(message)
 
 
 # ---- 1. weights.pyz and the manifest -----------------------------------------------------

@@ -37,6 +37,13 @@ def changed(report) -> list[str]:
     return [op["name"] for op in report["results"]["operations"] if op["success"]]
 
 
+def container(h) -> dict:
+    """The service container's id, start time and state (the default service_name)."""
+    out = h.exec("docker container inspect -f '{{.Id}} {{.State.StartedAt}} {{.State.Running}}' glm52-vllm",
+                 check=False).stdout.split()
+    return dict(zip(("id", "started", "running"), out)) | {"running": out[-1:] == ["true"]}
+
+
 def test_first_run_serves_then_second_run_changes_nothing(site, pyinfra_cli):
     rc, first, err = deploy(pyinfra_cli, site)
     assert rc == 0, err[-6000:]
@@ -48,12 +55,21 @@ def test_first_run_serves_then_second_run_changes_nothing(site, pyinfra_cli):
     row = next(line for line in summary.splitlines() if line.startswith("e2e-gpu"))
     assert f"http://{site.fleet['e2e-gpu'].address}:8000/v1" in row and " ok " in row
 
+    host = site.fleet["e2e-gpu"]
+    before = container(host)
+    assert before["running"], before
     rc, second, err = deploy(pyinfra_cli, site)
     assert rc == 0, err[-6000:]
     assert changed(second) == [], err[-6000:]
-    # Nothing restarted: the container is the one the first run started.
+    # Nothing restarted: the same container (id and start time) the first run started.
+    assert container(host) == before
     assert "service: PASS" in err and "unchanged" in err.lower()
 
     rc, dry, err = deploy(pyinfra_cli, site, "--dry")
     assert rc == 0, err[-6000:]
     assert "e2e-gpu" in err and "Preflight readiness" in err
+    assert dry["results"] is None and dry["plan"], "--dry plans and executes nothing"
+    would_change = [op["name"] for op in dry["plan"]
+                    if op["hosts_with_change"] or op["hosts_with_conditional_change"]]
+    assert would_change == [], would_change
+    assert container(host) == before

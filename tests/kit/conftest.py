@@ -76,6 +76,7 @@ class Kit:
         (root / "weights" / "config.json").write_text(json.dumps({"num_hidden_layers": len(self.pattern)}))
         self.record_path = root / "record.jsonl"
         write_kit(self.dir, render_kit(self.settings, self.pattern))
+        (self.dir / ".glmfleet-test-seams").write_text("test kit: COMPOSE_CMD, LOG_CMD, SERVE_PYTHON, SERVE_MODEL_DIR act\n")
         self.base_url = f"http://127.0.0.1:{self.settings.port}"
         self.monitors: list[subprocess.Popen] = []
 

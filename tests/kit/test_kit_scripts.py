@@ -212,6 +212,9 @@ def test_monitor_rotates_serve_log(make_kit):
     assert (logs / "serve.log.1").exists() and (logs / "serve.log.2").exists()
     assert not (logs / "serve.log.3").exists()
     assert all((logs / n).stat().st_size <= 2000 for n in ("serve.log", "serve.log.1", "serve.log.2"))
+    # the logs hold requests and errors: owner and group only, old files and the lock too
+    for path in logs.iterdir():
+        assert path.stat().st_mode & 0o007 == 0, f"{path.name} is {oct(path.stat().st_mode)}"
 
 
 def test_monitor_follows_the_fake_vllm_log(served_kit):
@@ -329,3 +332,23 @@ def test_fake_vllm_chat_semantics(served_kit):
     with pytest.raises(ApiError) as err:
         post_json(target, "/v1/chat/completions", {**body, "model": "nope"})
     assert err.value.status == 404
+
+
+def test_test_seams_are_inert_without_the_test_flag_file(make_kit):
+    """COMPOSE_CMD, LOG_CMD and SERVE_PYTHON change what the scripts run only in a kit that
+    holds .glmfleet-test-seams (the tests' kits); the deploy never writes it."""
+    from glmfleet.kit.render import render_kit
+
+    kit = make_kit()
+    assert ".glmfleet-test-seams" not in render_kit(kit.settings, kit.pattern)
+    probe = ('KIT_DIR=$PWD; . tools/kitlib.sh; printf "[%s][%s]" "$(kit_seam COMPOSE_CMD)" "$(kit_seam LOG_CMD)"; '
+             'SERVE_PRINT_ARGS=1 bash serve.sh 2>/dev/null | head -n 1')
+    model = kit.dir / "model-double"  # a checkpoint's config.json, for serve.sh's layer check
+    model.mkdir()
+    (model / "config.json").write_text('{"num_hidden_layers": %d}' % len(kit.pattern))
+    env = kit.env(SERVE_PYTHON="/usr/bin/evil-python", SERVE_MODEL_DIR=str(model))
+    seams = kit.run("bash", "-c", f"set -a; . ./.env; set +a; {probe}", env=env).stdout
+    assert seams.startswith(f"[{env['COMPOSE_CMD']}][{env['LOG_CMD']}]") and "evil-python" in seams
+    (kit.dir / ".glmfleet-test-seams").unlink()
+    inert = kit.run("bash", "-c", f"set -a; . ./.env; set +a; {probe}", env=env).stdout
+    assert inert.startswith("[][]") and "evil-python" not in inert

@@ -89,6 +89,14 @@ def test_connector_keys_are_not_settings(data):
     validate("h", data)
 
 
+def test_operators_own_keys_live_under_site_and_nowhere_else(data):
+    data.update(site_rack="r7", site_owner="ml-infra")
+    validate("h", data)
+    data["testbed_gateway"] = "10.0.0.1"  # no test-only namespace in production validation
+    (msg,) = problems(data)
+    assert "unknown setting 'testbed_gateway'" in msg and "keys of your own must start with 'site_'" in msg
+
+
 def test_cli_strings_are_coerced(data):
     # `--data key=value` may hand over strings.
     data.update(port="8080", enable_thinking="false", gpu_memory_utilization="0.9",
@@ -127,6 +135,7 @@ def test_readme_settings_table_is_current():
 
 @pytest.mark.parametrize("key,value", [
     ("weights_dir", "/mnt/my models"), ("weights_dir", "/mnt/a:b"),
+    ("service_dir", "/opt/glm%h"), ("service_dir", "/opt/$HOME"), ("service_dir", "/opt/a'b"),
     ("api_key", "it's-a-secret"), ("api_key", 'quo"ted-key'), ("api_key", "back\\slash-key"),
     ("api_key", "short"), ("served_model_aliases", ["fine", "not fine"]),
 ])
@@ -134,3 +143,51 @@ def test_values_the_kit_cannot_carry_are_refused(data, key, value):
     data[key] = value
     (msg,) = problems(data)
     assert f"setting '{key}'" in msg
+
+
+APT_HOOK = 'http://x";APT::Update::Pre-Invoke{"id";};//'
+
+
+@pytest.mark.parametrize("key", ["apt_proxy", "docker_repo_url", "docker_key_url", "nvidia_repo_url",
+                                 "nvidia_key_url", "hf_endpoint"])
+@pytest.mark.parametrize("value", [APT_HOOK, "http://proxy:3142;x", "http://proxy:3142/{a}",
+                                   "http://proxy:3142/a b", "http://proxy'x", "ftp://proxy",
+                                   "http://proxy/?q=1", "http://proxy:3142\nAcquire::x"])
+def test_url_settings_refuse_what_could_end_the_string_they_land_in(data, key, value):
+    data[key] = value
+    (msg,) = problems(data)
+    assert f"setting '{key}'" in msg and "no quotes, ';', braces, spaces or query" in msg
+
+
+@pytest.mark.parametrize("value", ["http://proxy.example:3142", "https://user:pw@10.0.0.1:3142/apt/",
+                                   "http://[fd00::1]:3142"])
+def test_url_settings_accept_plain_urls(data, value):
+    data["apt_proxy"] = value
+    assert validate("h", data).apt_proxy == value
+
+
+def test_settings_repr_never_shows_the_api_key(data):
+    key = "sk-very-secret-key-0123456789"
+    s = validate("h", dict(data, api_key=key))
+    assert key not in repr(s) and key not in str(s)
+    assert "api_key=<set>" in repr(s)
+    assert "api_key=None" in repr(validate("h", data))
+
+
+def test_operation_arguments_never_show_the_api_key(data):
+    """What pyinfra prints for the function commands that carry settings or the kit."""
+    from pyinfra.api import FunctionCommand
+
+    from glmfleet.kit.index_pattern import DEFAULT_PATTERN
+    from glmfleet.kit.render import render_kit
+    from glmfleet.service import ops as service_ops
+    from glmfleet.weights import ops as weights_ops
+
+    key = "sk-very-secret-key-0123456789"
+    s = validate("h", dict(data, api_key=key))
+    files = render_kit(s, DEFAULT_PATTERN)
+    assert any(key.encode() in (c if isinstance(c, bytes) else str(c).encode()) for c in files.values())
+    job = service_ops.Job(s, files, DEFAULT_PATTERN, "default", {}, None, None, None, None, "h:8000")
+    for command in (FunctionCommand(service_ops._apply, (job,), {}),
+                    FunctionCommand(weights_ops._download, (s, {"files": []}, False), {})):
+        assert key not in repr(command) and key not in str(command)

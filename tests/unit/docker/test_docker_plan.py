@@ -451,6 +451,8 @@ def test_apt_proxy_conf():
     conf = plan.apt_proxy_conf("http://proxy.lan:3142")
     assert 'Acquire::http::Proxy "http://proxy.lan:3142";' in conf
     assert 'Acquire::https::Proxy "http://proxy.lan:3142";' in conf
+    with pytest.raises(plan.PlanError, match="not a plain URL"):
+        plan.apt_proxy_conf('http://x";APT::Update::Pre-Invoke{"id";};//')
 
 
 # --- settings of this stage ------------------------------------------------------------------
@@ -474,3 +476,84 @@ def test_stage_settings_defaults_and_validation():
     assert "unknown setting 'docker_pakages' (did you mean 'docker_packages'?)" in text
     assert "docker_identifier" not in text
 
+
+
+# --- dockerd: restart only on a real change; the GPU container check ---------------------------
+
+def _svc(**over):
+    base = {"running": True, "fingerprint": "f1", "applied": None, "started": 2000, "inputs_changed": 1000}
+    return {**base, **over}
+
+
+def test_a_running_dockerd_without_stamp_is_adopted_when_nothing_changed_since_it_started():
+    """A host that ran Docker before glmfleet: its containers must not be stopped for nothing."""
+    assert plan.dockerd_action(_svc())[0] == "adopt"
+    # something it depends on changed after it started (or in the same second): restart
+    assert plan.dockerd_action(_svc(inputs_changed=2000))[0] == "restart"
+    assert plan.dockerd_action(_svc(inputs_changed=2500))[0] == "restart"
+    # what cannot be told is a restart, never an adoption
+    assert plan.dockerd_action(_svc(started=None))[0] == "restart"
+    assert plan.dockerd_action(_svc(inputs_changed=None))[0] == "restart"
+
+
+def test_dockerd_with_a_stamp_restarts_only_when_the_fingerprint_moved():
+    assert plan.dockerd_action(_svc(applied="f1"))[0] is None
+    assert plan.dockerd_action(_svc(applied="f0"))[0] == "restart"
+    assert plan.dockerd_action(_svc(applied="f0", inputs_changed=1))[0] == "restart"  # the stamp decides
+    assert plan.dockerd_action(_svc(running=False, applied="f1"))[0] == "start"
+
+
+def test_service_fact_reads_dockerds_start_and_its_inputs_change():
+    svc = parse_docker_service("fingerprint=ab\ninputs_changed=1700000000\nmanager=none\npid=852\n"
+                               "started=1700000100\nend=1")
+    assert (svc["started"], svc["inputs_changed"], svc["pid"]) == (1700000100, 1700000000, 852)
+    assert plan.dockerd_action(svc)[0] == "adopt"
+
+
+def test_gpu_check_runs_only_after_a_change_or_when_asked():
+    key = plan.gpu_check_key("f1", "ubuntu:24.04")
+    due = lambda **kw: plan.gpu_check_due(**{"image": "ubuntu:24.04", "has_driver": True,  # noqa: E731
+                                              "checked": None, "key": key, "always": False, **kw})
+    assert due() == (True, "")                                    # never checked here
+    run, why = due(checked=key)                                   # checked with this dockerd and image
+    assert not run and "gpu_check_always=true" in why
+    assert due(checked=plan.gpu_check_key("f0", "ubuntu:24.04"))[0]  # dockerd/toolkit changed
+    assert due(checked=plan.gpu_check_key("f1", "ubuntu:22.04"))[0]  # another image
+    assert due(checked=key, always=True)[0]
+    assert not due(has_driver=False)[0] and "no NVIDIA driver" in due(has_driver=False)[1]
+    assert due(image=None) == (False, "GPU container check off (gpu_check_image=None)")
+
+
+def test_gpu_check_command_says_when_it_pulls(tmp_path):
+    from glmfleet.docker.facts import gpu_check_command
+
+    pulling = gpu_check_command("ubuntu:24.04", "f1 ubuntu:24.04", pull=True)
+    present = gpu_check_command("ubuntu:24.04", "f1 ubuntu:24.04", pull=False)
+    assert "docker pull -q ubuntu:24.04" in pulling and "[ 1 = 1 ]" in pulling
+    assert "[ 0 = 1 ]" in present
+    for text in (pulling, present):
+        assert "docker run --rm --gpus all ubuntu:24.04 nvidia-smi -L" in text
+        assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0
+
+
+def test_gpu_check_state_parses_the_last_result():
+    from glmfleet.docker.facts import parse_gpu_check_state
+
+    st = parse_gpu_check_state(["fingerprint=f1", "driver=1", "checked.key=f0 ubuntu:24.04",
+                                "checked.status=WARN", "checked.detail=GPU container check skipped: no image",
+                                "result.key=f1 ubuntu:24.04", "result.host=GPU 0: X (UUID: GPU-aa)",
+                                "result.rc=0", "result.out=GPU 0: X (UUID: GPU-aa)", "end=1"])
+    assert st["driver"] and not st["image_present"]
+    assert st["checked"] == {"key": "f0 ubuntu:24.04", "status": "WARN",
+                             "detail": "GPU container check skipped: no image"}
+    assert st["result"]["key"] == "f1 ubuntu:24.04" and st["result"]["uuids"] == ["GPU-aa"]
+    assert st["result"]["host_uuids"] == ["GPU-aa"] and st["result"]["rc"] == 0
+    assert parse_gpu_check_state(["fingerprint=f1", "end=1"])["result"] is None
+
+
+def test_the_gpu_check_is_an_operation_not_a_fact():
+    from glmfleet.docker import facts
+
+    assert not hasattr(facts, "GpuContainerCheck")
+    text = Path("tasks/nvidia_toolkit.py").read_text()
+    assert "ops.gpu_container_check(s.gpu_check_image, s.gpu_check_always" in text

@@ -193,6 +193,16 @@ def test_compose_follows_settings():
     assert svc["environment"]["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
+def test_service_log_rotation_follows_the_docker_log_settings():
+    """One source: the settings that go into daemon.json also set the service container's
+    own options (which would override daemon.json's)."""
+    _, files = kit(docker_log_max_size="20m", docker_log_max_file=2)
+    svc = yaml.safe_load(files["docker-compose.yml"][0])["services"]["glm52-vllm"]
+    assert svc["logging"] == {"driver": "json-file", "options": {"max-size": "20m", "max-file": "2"}}
+    defaults = load_defaults()
+    assert (defaults["docker_log_max_size"], defaults["docker_log_max_file"]) == ("100m", 5)  # the recipe's
+
+
 # --- the .env -------------------------------------------------------------------------------
 
 def test_dotenv_holds_exactly_the_rendered_values(tmp_path):
@@ -239,6 +249,7 @@ def serve(tmp_path, files, environ=None, dotenv_edits=None, layers=78):
     """Run serve.sh as the container would: (argv after `-m vllm.entrypoints.cli.main`, stderr, rc).
     The checkpoint's config.json says `layers` (None: no config.json at all)."""
     write_kit(tmp_path, files)
+    (tmp_path / ".glmfleet-test-seams").write_text("test kit: SERVE_MODEL_DIR acts\n")
     if dotenv_edits:
         with open(tmp_path / ".env", "a") as f:  # a hand edit: the last assignment wins
             f.writelines(f"{k}={v}\n" for k, v in dotenv_edits.items())
@@ -417,8 +428,9 @@ def test_api_key_reaches_vllm_by_environment_only(tmp_path):
     assert "--api-key" not in argv and "api key: set (VLLM_API_KEY)" in stderr
     # The same script, asked to print the environment vLLM would get, exports the key.
     env = fake_compose.container_env(tmp_path, {})
-    script = (tmp_path / "serve.sh").read_text().replace('exec "${cmd[@]}"', 'printenv VLLM_API_KEY')
-    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+    script = tmp_path / "serve-printenv.sh"
+    script.write_text((tmp_path / "serve.sh").read_text().replace('exec "${cmd[@]}"', 'printenv VLLM_API_KEY'))
+    res = subprocess.run(["bash", str(script)], capture_output=True, text=True,
                          env={**env, "PATH": os.environ["PATH"], "SERVE_MODEL_DIR": str(tmp_path / "model")})
     assert res.stdout.strip() == "top-secret-1234"
 
@@ -498,3 +510,25 @@ def test_renderer_command_line_writes_a_kit(tmp_path, capsys):
     assert (out / ".env").stat().st_mode & 0o777 == 0o600
     assert recipe_main([str(out), "port=nope"]) == 1
     assert "port" in capsys.readouterr().err
+
+
+def test_one_dotenv_reader_for_the_box_scripts_its_tools_and_the_deploy(tmp_path, default_kit):
+    """kitlib.sh (bash), oai_client.py and runtime_fingerprint all read .env through
+    files/tools/kitenv.py: the same comment and quoting rules everywhere."""
+    from glmfleet.kit.render import FILES_DIR, runtime_fingerprint
+
+    (tmp_path / "tools").mkdir()
+    for name in ("kitlib.sh", "kitenv.py"):
+        shutil.copy(FILES_DIR / "tools" / name, tmp_path / "tools" / name)
+    (tmp_path / ".env").write_text("# comment\nexport A=1\nB='x #not a comment'\nC=\"q\"\n"
+                                   "D=v # note\nD=w\nnot an assignment\n")
+    script = 'KIT_DIR=$1; . "$KIT_DIR/tools/kitlib.sh"; for k in $(kit_dotenv_keys); do printf "%s=[%s]\\n" "$k" "$(kit_dotenv "$k")"; done'
+    out = subprocess.run(["bash", "-c", script, "-", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["A=[1]", "B=[x #not a comment]", "C=[q]", "D=[w]"]
+    # the deploy reads values, not their spelling: quoting a value is no reason to restart
+    _, files = default_kit
+    text, mode = files[".env"]
+    line = next(ln for ln in text.splitlines() if ln.startswith("TP="))
+    requoted = {**files, ".env": (text.replace(line, line.replace("=", "='", 1) + "'"), mode)}
+    assert runtime_fingerprint(requoted) == runtime_fingerprint(files)
+

@@ -65,7 +65,7 @@ def test_the_target_box_passes(gpu, host, settings):
     bad = [c for c in found if c.status != "PASS"]
     # Only the open API is worth a word on a fully set-up box.
     assert [c.name for c in bad] == ["api_exposure"]
-    assert len({c.name for c in found}) == len(found) == 21
+    assert len({c.name for c in found}) == len(found) == 19  # compose and the toolkit are part of the docker check
 
 
 # --- GPU checks ---------------------------------------------------------------------------
@@ -174,8 +174,9 @@ def test_pcie_link(gpu):
     gpu["gpus"][3]["pcie_width"] = 8
     c = checks.check_pcie_link(gpu)
     assert c.status == "WARN" and "GPU 3" in c.reason and "x8 of gen 5 x16" in c.reason
-    gpu["gpus"][3]["pcie_width"] = None  # unknown is not slow
-    assert checks.check_pcie_link(gpu).status == "PASS"
+    gpu["gpus"][3]["pcie_width"] = None  # unknown is not slow, nor at its maximum
+    c = checks.check_pcie_link(gpu)
+    assert c.status == "WARN" and "unknown" in c.reason and "below" not in c.reason
     gpu["gpus"][0]["pcie_gen"] = 1
     assert checks.check_pcie_link(gpu).status == "WARN"
 
@@ -337,16 +338,48 @@ def test_smallest_fitting_tp():
     assert checks.smallest_fitting_tp(10**15, 80 * GIB, 0.95) is None
 
 
-def test_docker_compose_toolkit_never_fail(host):
+def test_docker_check_reports_what_it_found(host, settings):
     bare = parse_host_facts((DATA / "host-debian12.txt").read_text())
-    for fn in (checks.check_docker, checks.check_compose, checks.check_nvidia_toolkit):
-        assert fn(host).status == "PASS"
-        c = fn(bare)
-        assert c.status == "PASS" and "install" in c.reason
+    assert checks.check_docker(host, settings).status == "PASS"
+    c = checks.check_docker(bare, settings)
+    assert c.status == "PASS" and "install" in c.reason
     down = parse_host_facts((DATA / "host-ubuntu2204.txt").read_text())
-    assert checks.check_docker(down).status == "WARN"
-    assert "docker compose 2.21.0" in checks.check_compose(down).reason
-    assert "docker-compose 1.29.2" in checks.check_compose({"compose_v1_version": "1.29.2"}).reason
+    c = checks.check_docker(down, settings)
+    assert c.status == "WARN" and "docker compose 2.21.0" in c.reason
+
+
+def test_docker_check_fails_on_packages_the_docker_stage_would_refuse(host, settings):
+    """The same list the docker stage acts on (glmfleet.docker.plan.conflicting_packages),
+    reported before any deploy instead of at the docker stage."""
+    c = checks.check_docker(host, settings, ["docker.io", "containerd"])
+    assert c.status == "FAIL" and "docker.io, containerd" in c.reason
+    assert "docker_remove_conflicts=true" in c.remedy
+    c = checks.check_docker(host, with_(settings, docker_remove_conflicts=True), ["docker.io"])
+    assert c.status == "WARN" and "removes them" in c.reason
+    found = run_checks(None, host, settings, docker_conflicts=["podman-docker"])
+    assert named(found, "docker").status == "FAIL"
+
+
+def test_no_check_passes_whatever_its_input(gpu, host, settings):
+    """Compose and the toolkit are reported inside the docker check; no check of their own
+    that could never fail."""
+    names = {c.name for c in run_checks(gpu, host, settings)}
+    assert not {"compose", "nvidia_toolkit"} & names
+    assert not hasattr(checks, "check_compose") and not hasattr(checks, "check_nvidia_toolkit")
+
+
+def test_unknown_values_are_warn_with_the_reason(gpu, host, settings):
+    gpu["gpus"][2]["persistence"] = None
+    gpu["gpus"][2].setdefault("errors", {})["persistence"] = "NVMLError_NotSupported"
+    c = checks.check_persistence(gpu)
+    assert c.status == "WARN" and "unknown" in c.reason and "NotSupported" in c.reason
+    gpu["gpus"][1]["pcie_gen_max"] = None
+    c = checks.check_pcie_link(gpu)
+    assert c.status == "WARN" and "unknown" in c.reason
+    c = checks.check_shm({**host, "shm_total_bytes": None, "shm_fstype": "tmpfs"}, settings)
+    assert c.status == "WARN" and "not a tmpfs" not in c.reason and "could not measure" in c.reason
+    c = checks.check_shm({**host, "shm_fstype": "ext4"}, settings)
+    assert c.status == "WARN" and "ext4" in c.reason
 
 
 def test_incomplete_host_facts_fail_once(gpu, settings):
@@ -373,7 +406,7 @@ def test_cuda_table():
         cuda.parse_cuda("13")
 
 
-# --- host facts: parser on recorded outputs -------------------------------------------------
+# --- host facts: parser on constructed outputs (tests/unit/data/host-*.txt, written by hand) ---
 
 def test_parse_ubuntu_2404():
     f = parse_host_facts((DATA / "host-ubuntu2404.txt").read_text())
@@ -443,9 +476,9 @@ def listener():
     sock.close()
 
 
-def run_script(weights_dir: str, port: int, path: str | None = None) -> dict:
+def run_script(weights_dir: str, port: int, path: str | None = None, expected=()) -> dict:
     env = {**os.environ, "PATH": path} if path else None
-    proc = subprocess.run(["/bin/sh", "-c", host_facts_command(weights_dir, port)],
+    proc = subprocess.run(["/bin/sh", "-c", host_facts_command(weights_dir, port, expected)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return parse_host_facts(proc.stdout)
@@ -459,10 +492,11 @@ def test_script_runs_here_and_finds_the_listener(tmp_path, listener):
     (weights / "sub" / "config.json").write_bytes(b"{}")
     (weights / ".cache").mkdir()
     (weights / ".cache" / "partial.incomplete").write_bytes(b"y" * 9000)
-    f = run_script(str(weights), listener)
+    f = run_script(str(weights), listener,
+                   expected=[("model-00001.safetensors", 5000), ("sub/config.json", 2)])
     assert f["complete"] and f["os"] and f["cpus"] and f["mem_total_bytes"]
     assert f["weights_existing_parent"] == str(weights)
-    assert f["weights_present_bytes"] == 5002  # file bytes; the .cache partial left out
+    assert f["weights_present_bytes"] == 5002  # the manifest's files; the .cache partial left out
     assert f["weights_fs_free_bytes"] > 0
     assert [(lst["address"], lst["pid"]) for lst in f["port_listeners"]] == [("127.0.0.1", os.getpid())]
     py = subprocess.run(["python3", "-c", "import platform; print(platform.python_version())"],
@@ -473,12 +507,28 @@ def test_script_runs_here_and_finds_the_listener(tmp_path, listener):
     assert missing["weights_existing_parent"] == str(tmp_path) and missing["weights_present_bytes"] == 0
 
 
+def test_only_the_manifests_files_at_full_size_count_as_present(tmp_path, listener):
+    """Other revisions, stray files, wrong sizes and sparse files (apparent size without the
+    blocks) must not make the disk check believe the download is done."""
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "a.safetensors").write_bytes(b"a" * 40_000)            # right size, written
+    (weights / "b.safetensors").write_bytes(b"b" * 1000)              # a manifest file, short
+    with open(weights / "c.safetensors", "wb") as f:                  # right size, but sparse
+        f.truncate(40_000)
+    (weights / "old-revision.safetensors").write_bytes(b"o" * 80_000)  # not in this manifest
+    expected = [("a.safetensors", 40_000), ("b.safetensors", 40_000), ("c.safetensors", 40_000),
+                ("missing.safetensors", 40_000)]
+    assert run_script(str(weights), listener, expected=expected)["weights_present_bytes"] == 40_000
+    assert run_script(str(weights), listener)["weights_present_bytes"] == 0  # no manifest: nothing
+
+
 def test_script_without_ss_reads_proc_net_tcp(tmp_path, listener):
     """Debian minbase has no ss: the /proc/net/tcp fallback finds the same listener."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("sh", "awk", "sed", "grep", "find", "cat", "head", "cut", "printf", "ls", "wc",
-                 "tr", "df", "du", "id", "uname", "getconf", "dirname", "timeout"):
+                 "tr", "df", "du", "id", "uname", "getconf", "dirname", "timeout", "stat"):
         if shutil.which(tool):
             (bin_dir / tool).symlink_to(shutil.which(tool))
     f = run_script(str(tmp_path), listener, path=str(bin_dir))

@@ -95,7 +95,7 @@ from glmfleet.settings import load_defaults
 data = {{**load_defaults(), "model_revision": {REV!r}, "api_key": "generate", "api_key_file": {str(path)!r}}}
 hosts = [SimpleNamespace(name=n, data=SimpleNamespace(dict=lambda: data)) for n in ("a", "b")]
 state = SimpleNamespace(inventory=hosts, is_host_in_limit=lambda h: True, init=lambda: None,
-                        add_callback_handler=lambda handler: None)
+                        add_callback_handler=lambda handler: None, fail_hosts=lambda hosts, count=None: None)
 runctx.install_callbacks(state, settings_hooks=[resolve])  # as config.py does
 state.init()
 got = runctx.validate_inventory(state)

@@ -372,3 +372,30 @@ def test_harness_rows_and_table():
 def test_harness_argv_keeps_the_key_out():
     argv = st.harness_argv("python3", "/repo", "core", "http://h:8000")
     assert "--api-key" not in argv and argv[1] == "/repo/files/test/coherence_test.py"
+
+
+@pytest.mark.parametrize("tool,expected", [("docker", "docker compose"), ("docker-compose", "docker-compose")])
+def test_one_compose_probe_for_the_box_and_the_deploy(tmp_path, tool, expected):
+    """kitlib.sh's kit_compose and the service stage's host facts both run the kit's
+    tools/compose_probe.sh, so they cannot disagree on `docker compose` vs `docker-compose`."""
+    import os
+    import shutil as sh
+
+    from glmfleet.kit.render import FILES_DIR
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = {"docker": '[ "$1 $2" = "compose version" ] && echo "Docker Compose version v2.20.2" && exit 0; exit 1',
+            "docker-compose": '[ "$1 $2" = "version --short" ] && echo 1.29.2 && exit 0; exit 1'}[tool]
+    (bin_dir / tool).write_text(f"#!/bin/sh\n{fake}\n")
+    (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    kit = tmp_path / "kit"
+    (kit / "tools").mkdir(parents=True)
+    for name in ("kitlib.sh", "compose_probe.sh", "kitenv.py"):
+        sh.copy(FILES_DIR / "tools" / name, kit / "tools" / name)
+    box = subprocess.run(["bash", "-c", '. "$1/tools/kitlib.sh"; KIT_DIR=$1; kit_compose; echo "${COMPOSE[*]}"',
+                          "-", str(kit)], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(["sh", "-c", svc.facts_command(str(kit), str(tmp_path), "img:1", "n", [])],
+                         env=env, capture_output=True, text=True).stdout
+    assert box == expected == svc.parse_service_facts(out.splitlines())["compose"]
