@@ -25,9 +25,14 @@ from pathlib import Path
 SUITE = "bookworm"
 VARIANT = "minbase"
 # python3: the deploy runs Python probes on hosts. gnupg: apt-key style repo setup.
-PACKAGES = ("openssh-server", "python3", "iproute2", "ca-certificates", "procps", "gnupg")
+# sudo: hosts are reached as a non-root login with sudo, as cloud images are.
+PACKAGES = ("openssh-server", "python3", "iproute2", "ca-certificates", "procps", "gnupg", "sudo")
 # Bump when prepare() changes, so old caches are not reused.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
+# The login user of every host (like the `admin`/`debian` user of Debian's cloud images):
+# key login, passwordless sudo. Root logs in with the same key, for tests about root.
+LOGIN_USER = "admin"
+LOGIN_UID = 1000
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
@@ -197,7 +202,7 @@ def remove_tree(path: Path) -> None:
 # --- build ------------------------------------------------------------------
 
 SSHD_CONF = """\
-# Simulated test host: root logs in with the controller's key only.
+# Simulated test host: the login user and root log in with the controller's key only.
 # No PAM: there is no init system or login-session tracking in these hosts.
 PermitRootLogin prohibit-password
 PasswordAuthentication no
@@ -243,6 +248,17 @@ def _prepare(root: Path, inputs: dict) -> None:
     (root / "etc/resolv.conf").unlink(missing_ok=True)
     (root / "etc/resolv.conf").write_text("# simulated test host: no DNS (no route out)\n")
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+
+    # The login user: a key login (its password field is "*", not the locked "!" that sshd
+    # refuses without PAM) and passwordless sudo, as on a cloud image.
+    subprocess.run(["chroot", str(root), "useradd", "--create-home", "--uid", str(LOGIN_UID),
+                    "--user-group", "--shell", "/bin/bash", "--password", "*", LOGIN_USER], check=True)
+    sudoers = root / f"etc/sudoers.d/90-{LOGIN_USER}"
+    sudoers.write_text(f"{LOGIN_USER} ALL=(ALL) NOPASSWD:ALL\n")
+    sudoers.chmod(0o440)
+    home_ssh = root / f"home/{LOGIN_USER}/.ssh"
+    home_ssh.mkdir(mode=0o700)
+    os.chown(home_ssh, LOGIN_UID, LOGIN_UID)
 
     subprocess.run(["chroot", str(root), "apt-get", "clean"], check=True)
     shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)  # a fresh server has none
