@@ -233,7 +233,7 @@ def _boot_check(job: Job) -> svc.BootCheck:
     name = q(s.service_name)
     _, lines = _sh(f"t=$(docker container inspect -f '{{{{.State.StartedAt}}}}' {name}) && "
                    f"docker logs --since \"$t\" {name} 2>&1 | grep -E {q(svc.BOOT_LOG_GREP)} || true")
-    return svc.evaluate_boot_log(lines, job.pattern)
+    return svc.evaluate_boot_log(lines, job.pattern, s.tensor_parallel_size)
 
 
 def _mark_good(job: Job, applied: svc.Applied) -> tuple[bool, str]:
