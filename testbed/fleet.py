@@ -6,8 +6,15 @@ Each host is:
     host side .2 = ``address``); no default route, so nothing leaves the link;
   * an overlayfs root (lower: the cached rootfs, upper: per host) mounted on
     the controller at ``Host.root``, so tests can read and write host files;
-  * its own mount, PID and UTS namespaces with a real ``sshd -D`` as PID 1.
-    Killing that PID takes the whole host down, like pulling the plug.
+  * its own mount, PID, UTS and cgroup namespaces, in its own cgroup subtree of every
+    hierarchy of this machine (bind-mounted writable at the host's /sys/fs/cgroup, so
+    systemd and Docker inside manage their own cgroups without seeing another host's);
+  * PID 1 is systemd (``init="systemd"``, the default: sshd comes from ssh.service, Docker
+    from docker.service, units enabled at boot start at boot) or, on the init-less profile
+    (``init="none"``), a real ``sshd -D``. Stopping a host powers it off (systemd: a clean
+    poweroff, like `systemctl poweroff`); killing PID 1 takes the whole host down, like
+    pulling the plug.
+  * a Debian 13 (``suite="trixie"``) or Debian 12 (``suite="bookworm"``) root.
 
 Everything created is recorded (with PID start times) in ``<workdir>/state.json``
 so another process (``python -m testbed down``) can tear it down by PID.
@@ -41,10 +48,37 @@ NET = ipaddress.ip_network("10.213.0.0/16")
 NET_LOCK = Path("/run/lock/glmfleet-testbed-net.lock")  # serialises address picks across sessions
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+DEFAULT_SUITE = "bookworm"
+DEFAULT_INIT = "systemd"
+CGROUP_DIR = "glmfleet-testbed"  # per-host subtrees live under this, below our own cgroup
 
 
 class FleetError(RuntimeError):
     pass
+
+
+def cgroup_hierarchies() -> list[tuple[str, str, str]]:
+    """(path below /sys/fs/cgroup, mount point, this process's cgroup in it) of every
+    cgroup hierarchy mounted under /sys/fs/cgroup ("" for a cgroup2 tree mounted there)."""
+    own = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            own[ctrls] = path
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, post = line.split(" - ", 1)
+            mount = pre.split()[4]
+            fstype, _, opts = post.split()[:3]
+            if fstype not in ("cgroup", "cgroup2") or not (mount + "/").startswith("/sys/fs/cgroup/"):
+                continue
+            opts = set(opts.split(","))
+            key = "" if fstype == "cgroup2" else next(
+                (k for k in own if k and set(k.split(",")) <= opts), None)
+            if key is not None and key in own:
+                found.append((mount[len("/sys/fs/cgroup"):], mount, own[key]))
+    return found
 
 
 def _run(*argv, check=True, **kw) -> subprocess.CompletedProcess:
@@ -67,6 +101,9 @@ class Host:
     ssh_key: str         # controller private key that root@host accepts
     known_hosts: str     # known_hosts file holding every fleet host's key
     shm_size: str = "1g"
+    suite: str = DEFAULT_SUITE
+    init: str = DEFAULT_INIT
+    cgroups: list = field(default_factory=list)  # controller-side dirs of its cgroup subtree
     hostfs_size: str | None = None
     hostfs_path: str = "/mnt"
     pid: int | None = None        # the host's PID 1 (sshd), as seen from the controller
@@ -93,7 +130,7 @@ class Host:
         namespaces and root), without SSH: for test setup and inspection."""
         if not self.running:
             raise FleetError(f"host {self.name} is not running")
-        argv = ["nsenter", "-t", str(self.pid), "-m", "-u", "-n", "-p", "-r", "-w", "--",
+        argv = ["nsenter", "-t", str(self.pid), "-m", "-u", "-n", "-p", "-C", "-r", "-w", "--",
                 "/usr/bin/env", "-i", f"PATH={HOST_PATH}", "HOME=/root", "LANG=C.UTF-8",
                 "/bin/sh", "-c", cmd]
         p = subprocess.run(argv, input=input, capture_output=True, text=text, timeout=timeout)
@@ -125,7 +162,7 @@ class Fleet:
         self.workdir = Path(workdir or f"/var/tmp/glmfleet-fleet-{self.prefix}")
         self.hosts: dict[str, Host] = {}
         self.proxy = AptProxy(self.workdir, proxy_port) if apt_proxy else None
-        self._lower: Path | None = None
+        self._lowers: dict[tuple[str, str], Path] = {}
         if _state is not None:  # re-attached by load()
             self.hosts = {n: Host(**h) for n, h in _state["hosts"].items()}
             if _state.get("proxy") is not None:
@@ -180,30 +217,34 @@ class Fleet:
 
     def add_host(self, name: str, *, shm_size: str = "1g",
                  files: dict[str, bytes | str | tuple] | None = None,
-                 hostfs_size: str | None = None, hostfs_path: str = "/mnt") -> Host:
+                 hostfs_size: str | None = None, hostfs_path: str = "/mnt",
+                 suite: str = DEFAULT_SUITE, init: str = DEFAULT_INIT) -> Host:
         """Create a host (not started). ``files``: {absolute path in host: content or
         (content, mode)} written into its filesystem before start. ``hostfs_size``
         (e.g. "64m") puts a size-limited tmpfs at ``hostfs_path`` to simulate a full disk;
-        it survives host restarts like a disk would."""
+        it survives host restarts like a disk would. ``suite``: "bookworm" (Debian 12) or
+        "trixie" (Debian 13); ``init``: "systemd" or "none" (sshd as PID 1)."""
         if not NAME_RE.match(name):
             raise FleetError(f"bad host name {name!r}: use [a-z0-9-], max 31 chars")
         if name in self.hosts:
             raise FleetError(f"host {name} already exists")
-        if self._lower is None:
-            self._lower = rootfs.ensure_rootfs()
+        rootfs.build_inputs(suite, init)  # a bad profile fails here, before anything is made
+        if (suite, init) not in self._lowers:
+            self._lowers[(suite, init)] = rootfs.ensure_rootfs(suite, init)
+        lower = self._lowers[(suite, init)]
         netns = f"{self.prefix}-{name}"
         hdir = self.workdir / name
         h = Host(name=name, netns=netns, veth="gv" + hashlib.sha1(netns.encode()).hexdigest()[:10],
                  address="", gateway="", dir=str(hdir), ssh_key=str(self.key),
                  known_hosts=str(self.workdir / "known_hosts"), shm_size=shm_size,
-                 hostfs_size=hostfs_size, hostfs_path=hostfs_path)
+                 hostfs_size=hostfs_size, hostfs_path=hostfs_path, suite=suite, init=init)
         self.hosts[name] = h
         self._save()  # record before creating anything, so a failure can still be torn down
         try:
             for d in ("upper", "work", "merged"):
                 (hdir / d).mkdir(parents=True, exist_ok=True)
             _run("mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={self._lower},upperdir={hdir / 'upper'},workdir={hdir / 'work'}", h.root)
+                 f"lowerdir={lower},upperdir={hdir / 'upper'},workdir={hdir / 'work'}", h.root)
             if hostfs_size:
                 mp = h.root / hostfs_path.lstrip("/")
                 mp.mkdir(parents=True, exist_ok=True)
@@ -282,9 +323,14 @@ class Fleet:
             f"mount -t tmpfs -o mode=755,size=16m,nosuid tmpfs {r}/dev",
             f"mkdir {r}/dev/pts {r}/dev/shm",
         ]
-        if os.path.ismount("/sys/fs/cgroup"):
-            # The machine's cgroup tree, writable: lets dockerd run inside a host.
-            s.insert(3, f"mount --rbind /sys/fs/cgroup {r}/sys/fs/cgroup")
+        # The host's own cgroup subtree of every hierarchy, writable, where the machine has
+        # them: systemd and dockerd inside manage cgroups there (the launcher put PID 1 in
+        # it and entered a new cgroup namespace, so the host sees it as its root).
+        cg = [] if any(rel == "" for rel, _ in h.cgroups) or not h.cgroups else \
+            [f"mount -t tmpfs -o mode=755,size=1m,nosuid,nodev,noexec tmpfs {r}/sys/fs/cgroup"]
+        for rel, d in h.cgroups:
+            cg += [f"mkdir -p {r}/sys/fs/cgroup{rel}", f"mount --bind {shlex.quote(d)} {r}/sys/fs/cgroup{rel}"]
+        s[3:3] = cg
         for dev, major, minor in (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
                                   ("urandom", 1, 9), ("tty", 5, 0)):
             s.append(f"mknod -m 666 {r}/dev/{dev} c {major} {minor}")
@@ -305,16 +351,49 @@ class Fleet:
             f"if [ -f {r}{DRIVER_VERSION_SOURCE} ]; then mount -t tmpfs -o size=1m tmpfs {r}/proc/driver"
             f" && mkdir {r}/proc/driver/nvidia && cp {r}{DRIVER_VERSION_SOURCE} {r}/proc/driver/nvidia/version; fi",
             f"hostname {shlex.quote(h.name)}",
-            f"exec /usr/bin/env -i PATH={HOST_PATH} LANG=C.UTF-8 /usr/sbin/chroot {r} /usr/sbin/sshd -D -e",
         ]
+        if h.init == "systemd":
+            # systemd as PID 1 of a container (it is told so); it starts ssh.service & co.
+            s.append(f"exec /usr/bin/env -i container=other PATH={HOST_PATH} LANG=C.UTF-8 "
+                     f"/usr/sbin/chroot {r} /lib/systemd/systemd --system")
+        else:
+            s.append(f"exec /usr/bin/env -i PATH={HOST_PATH} LANG=C.UTF-8 /usr/sbin/chroot {r} /usr/sbin/sshd -D -e")
         return "\n".join(s)
+
+    def _make_cgroups(self, h: Host) -> None:
+        """A fresh cgroup subtree for ``h`` in every hierarchy, below our own cgroup."""
+        self._remove_cgroups(h)
+        h.cgroups = []
+        for rel, mount, own in cgroup_hierarchies():
+            d = Path(f"{mount}{own.rstrip('/')}/{CGROUP_DIR}/{h.netns}")
+            for level in (d.parent, d):
+                level.mkdir(exist_ok=True)
+                for knob in ("cpuset.cpus", "cpuset.mems"):  # v1 cpuset: empty until copied
+                    f = level / knob
+                    if f.exists() and not f.read_text().strip():
+                        f.write_text((level.parent / knob).read_text())
+            h.cgroups.append((rel, str(d)))
+
+    @staticmethod
+    def _remove_cgroups(h: Host) -> None:
+        for _, d in h.cgroups:
+            for sub, _dirs, _files in sorted(os.walk(d, topdown=False), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(sub)
+                except OSError:
+                    pass
+        h.cgroups = []
 
     def _launch(self, h: Host) -> None:
         # nsenter --net (not `ip netns exec`, which remounts /sys and hides the cgroup mounts)
+        self._make_cgroups(h)
         log = open(Path(h.dir) / "boot.log", "ab")
+        # Into the host's cgroups first, then new namespaces (cgroup included) around PID 1.
+        enter = ('b=$1; shift; for d; do echo $$ >"$d/cgroup.procs" || exit 1; done; '
+                 'exec unshare --cgroup --mount --pid --fork --uts --propagation private /bin/sh -c "$b"')
         p = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{h.netns}", "unshare", "--mount", "--pid", "--fork", "--uts",
-             "--propagation", "private", "/bin/sh", "-c", self._boot_script(h)],
+            ["nsenter", f"--net=/run/netns/{h.netns}", "/bin/sh", "-c", enter, "enter",
+             self._boot_script(h), *(d for _, d in h.cgroups)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         h._popen, h.launcher_pid, h.launcher_start = p, p.pid, start_time(p.pid)
@@ -359,7 +438,8 @@ class Fleet:
         and host-private mount of the host. Its filesystem stays (see ``Host.root``)."""
         for h in [self.hosts[n] for n in (names or self.hosts)]:
             if h.running:
-                os.kill(h.pid, signal.SIGTERM)
+                # systemd powers off on SIGRTMIN+4 (stops its units: Docker, the service)
+                os.kill(h.pid, signal.SIGRTMIN + 4 if h.init == "systemd" else signal.SIGTERM)
                 if not wait_gone(h.pid, h.pid_start, timeout):
                     os.kill(h.pid, signal.SIGKILL)
                     wait_gone(h.pid, h.pid_start, timeout)
@@ -368,6 +448,7 @@ class Fleet:
                 os.kill(h.launcher_pid, signal.SIGKILL)
                 wait_gone(h.launcher_pid, h.launcher_start, 5, h._popen)
             h.pid = h.pid_start = h.launcher_pid = h.launcher_start = h._popen = None
+            self._remove_cgroups(h)
         self._save()
 
     def restart(self, *names: str, timeout: float = 30) -> None:
