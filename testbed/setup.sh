@@ -1,6 +1,8 @@
 #!/bin/sh
 # Prepare this machine (the controller) to run the simulated test fleet:
-# install the host tools it needs and build the cached Debian host image.
+# install the host tools it needs and build the cached Debian host images (Debian 12 and 13
+# with systemd, Debian 12 without an init system) and the apt repository double (Debian 12's
+# and 13's Docker binaries, fetched with a private apt state from this machine's mirror).
 # Idempotent and quick when already done. Root only; Debian/Ubuntu only.
 #
 #   sudo testbed/setup.sh            # then: python -m testbed up -n 3 --inventory inv.py
@@ -41,11 +43,6 @@ if [ -n "$missing" ]; then
     if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 
-# The apt repository double repackages Debian's docker.io binaries: apt's lists must exist.
-if ! apt-cache policy docker.io 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-    apt-get update -qq
-fi
-
 # The fleet mounts overlayfs; make sure the module is there (built in on most kernels).
 grep -qw overlay /proc/filesystems || modprobe overlay
 
@@ -53,4 +50,5 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-"$repo/.venv/bin/python"}
 [ -x "$py" ] || py=python3
 cd "$repo"
-exec "$py" -m testbed rootfs
+"$py" -m testbed rootfs
+exec "$py" -c 'from testbed.doubles.aptrepo import build; print(build().dir)'
