@@ -16,12 +16,14 @@ fi
 
 # command -> package; only missing ones are installed, so a ready machine costs no apt call.
 # gcc builds the NVML double; shellcheck and docker-compose (v1) check the box kit's scripts
-# and compose file; gpg signs the apt repository double.
+# and compose file; gpg signs the apt repository double; docker-registry (the distribution
+# registry v2) and openssl serve the serving-image double over TLS from a test CA.
 missing="${TESTBED_FORCE_INSTALL:+ debootstrap}"  # force: exercise the install path
 for pair in debootstrap:debootstrap apt-cacher-ng:apt-cacher-ng sshd:openssh-server \
             ssh:openssh-client ssh-keygen:openssh-client ip:iproute2 unshare:util-linux \
             nsenter:util-linux ps:procps gcc:gcc shellcheck:shellcheck \
-            docker-compose:docker-compose gpg:gnupg; do
+            docker-compose:docker-compose gpg:gnupg docker-registry:docker-registry \
+            openssl:openssl; do
     cmd=${pair%%:*} pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done

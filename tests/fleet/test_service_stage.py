@@ -69,7 +69,7 @@ def svc_fleet(fleet, tmp_path_factory):
     made = []
     try:
         for name in HOSTS:
-            fleet.add_host(name, files=_host_files())
+            fleet.add_host(name, files=_host_files(), init="none")  # dockerd pre-started by hand
             made.append(name)
         fleet.start(*HOSTS)
         serving_image.tarball()  # build once, before the threads
