@@ -93,7 +93,8 @@ def site(fleet, pyinfra_cli, tmp_path_factory):
                                           login={INITLESS_ROOT: "root"})
         first = deploy(pyinfra_cli, inventory)
         (work / "run1.log").write_text(first[2])
-        yield {"inventory": inventory, "first": first, "work": work, "data": data}
+        yield {"inventory": inventory, "first": first, "work": work, "data": data, "registry": reg,
+               "addr": addr}
     finally:
         for hub in hubs:
             hub.stop()
@@ -124,6 +125,52 @@ def test_second_run_changes_nothing(site, pyinfra_cli):
     assert rc == 0, log[-6000:]
     for name in HOSTS:
         assert changed(report, name) == [], (name, changed(report, name))
+
+
+def _started_at(h) -> str:
+    name = load_defaults()["service_name"]
+    return h.exec(f"docker container inspect -f '{{{{.State.StartedAt}}}}' {name}").stdout.strip()
+
+
+def test_a_setting_change_restarts_only_the_host_it_touches(fleet, site, pyinfra_cli):
+    assert site["first"][0] == 0
+    before = {n: _started_at(fleet[n]) for n in HOSTS}
+    data = {n: dict(d) for n, d in site["data"].items()}
+    data["e2e12-distro"]["enable_thinking"] = False
+    inventory = fleet.write_inventory(site["work"] / "inventory-thinking.py", hosts=list(HOSTS),
+                                      host_data=data, login={INITLESS_ROOT: "root"})
+    rc, report, log = deploy(pyinfra_cli, inventory)
+    (site["work"] / "run-thinking.log").write_text(log)
+    assert rc == 0, log[-6000:]
+    after = {n: _started_at(fleet[n]) for n in HOSTS}
+    assert after["e2e12-distro"] != before["e2e12-distro"]
+    assert {n: after[n] for n in HOSTS if n != "e2e12-distro"} == \
+        {n: before[n] for n in HOSTS if n != "e2e12-distro"}
+    assert [n for n in HOSTS if changed(report, n)] == ["e2e12-distro"]
+    # back to the fleet's settings for the next tests
+    rc, _, log = deploy(pyinfra_cli, site["inventory"])
+    assert rc == 0, log[-4000:]
+
+
+def test_a_broken_image_on_the_canary_rolls_back_and_stops_the_rollout(fleet, site, pyinfra_cli):
+    assert site["first"][0] == 0
+    reg, addr = site["registry"], site["addr"]
+    reg.push(addr, "glmfleet/serving", "broken", serving_image.tarball(), env={"FAKE_VLLM_FAIL": "boot"})
+    before = {n: _started_at(fleet[n]) for n in HOSTS}
+    data = {n: {**d, "image": d["image"].rsplit(":", 1)[0] + ":broken"} for n, d in site["data"].items()}
+    inventory = fleet.write_inventory(site["work"] / "inventory-broken.py", hosts=list(HOSTS),
+                                      host_data=data, login={INITLESS_ROOT: "root"})
+    rc, report, log = deploy(pyinfra_cli, inventory)
+    (site["work"] / "run-broken.log").write_text(log)
+    assert rc != 0
+    canary = next(iter(HOSTS))
+    line = next(ln for ln in log.splitlines() if ln.startswith(f"[{canary}] service: "))
+    assert "FAIL" in line and "rolled back to the last known good kit" in line, line
+    for name in list(HOSTS)[1:]:  # never touched: still the container they had
+        assert _started_at(fleet[name]) == before[name], name
+    # the canary serves its last good kit again, and a run with the fleet's settings is a no-op
+    rc, report, log = deploy(pyinfra_cli, site["inventory"])
+    assert rc == 0, log[-4000:]
 
 
 def test_reboot_brings_the_service_back_with_no_deploy(fleet, site, pyinfra_cli):
