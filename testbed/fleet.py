@@ -404,7 +404,7 @@ class Fleet:
             time.sleep(0.01)
         h.pid, h.pid_start = kids[0], start_time(kids[0])
 
-    def start(self, *names: str, timeout: float = 30) -> None:
+    def start(self, *names: str, timeout: float = 60) -> None:
         """Boot the named hosts (default: all stopped ones) in parallel; return once
         each answers SSH."""
         hosts = [self.hosts[n] for n in (names or self.hosts)]
@@ -451,7 +451,7 @@ class Fleet:
             self._remove_cgroups(h)
         self._save()
 
-    def restart(self, *names: str, timeout: float = 30) -> None:
+    def restart(self, *names: str, timeout: float = 60) -> None:
         self.stop(*names)
         self.start(*(names or tuple(self.hosts)), timeout=timeout)
 
