@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed import rootfs
 from testbed.doubles import nvml
 from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
 
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHARDS = [f"model-0000{i}-of-00004.safetensors" for i in (1, 2, 3, 4)]
 TOKEN = "hf_fleetTEST_secret_token_5f3a9c0e1d"
 WDIR = "/mnt/llm_models/GLM-5.2-NVFP4-REAP-469B"  # the default weights_dir
+LOGIN_TRACES = ("var/log/", f"home/{rootfs.LOGIN_USER}")  # a sudo login's own writes
 DEPLOY = ("from pyinfra import host, local, state\n"
           "from glmfleet import runctx\n"
           "local.include('tasks/preflight.py')\n"
@@ -425,10 +427,11 @@ def test_dry_run_starts_and_writes_nothing(fleet, ckpt, token_file, pyinfra_cli,
     upper = Path(h.dir) / "upper"
 
     def snapshot():
-        # var/log: the system's own record of the SSH logins (journal, wtmp), not the deploy's
+        # left out: what logging in with sudo writes by itself (the journal, sudo's
+        # ~/.sudo_as_admin_successful), not the deploy
         files = sorted(f"{p.relative_to(upper)}:{p.stat().st_mtime_ns}"
                        for p in upper.rglob("*") if not p.is_symlink()
-                       and not p.relative_to(upper).as_posix().startswith("var/log/"))
+                       and not p.relative_to(upper).as_posix().startswith(LOGIN_TRACES))
         procs = h.exec("exec ps -e -o pid=,comm=").stdout.split("\n")
         return files, sorted(p for p in procs if p.strip() and " ps" not in p)
 
