@@ -406,7 +406,8 @@ class Fleet:
 
     def start(self, *names: str, timeout: float = 60) -> None:
         """Boot the named hosts (default: all stopped ones) in parallel; return once
-        each answers SSH."""
+        each answers SSH and, on systemd hosts, has finished booting (no start-up job left,
+        as a server that is up: `systemctl is-system-running --wait`)."""
         hosts = [self.hosts[n] for n in (names or self.hosts)]
         if self.proxy:
             self.proxy.apply(h.gateway for h in self.hosts.values())
@@ -417,6 +418,7 @@ class Fleet:
         finally:
             self._save()
         deadline = time.monotonic() + timeout
+        booting = [h for h in todo if h.init == "systemd"]
         while todo:
             h = todo[0]
             if not h.running:
@@ -432,6 +434,14 @@ class Fleet:
             if time.monotonic() > deadline:
                 raise FleetError(f"host {h.name} not answering SSH after {timeout}s")
             time.sleep(0.05)
+        for h in booting:
+            left = max(1.0, deadline - time.monotonic())
+            try:
+                state = h.exec("systemctl is-system-running --wait", check=False, timeout=left).stdout.strip()
+            except subprocess.TimeoutExpired:
+                raise FleetError(f"host {h.name} still booting after {timeout}s") from None
+            if state not in ("running", "degraded"):
+                raise FleetError(f"host {h.name} booted to {state!r}; see `systemctl --failed` in it")
 
     def stop(self, *names: str, timeout: float = 10) -> None:
         """Power off the named hosts (default: all): kill PID 1, which ends every process
