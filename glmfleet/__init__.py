@@ -3,5 +3,5 @@
 One folder per stage, each split the same way (facts gather, plan.py decides, ops.py
 changes): preflight/, docker/ (Docker and the NVIDIA toolkit), weights/, service/.
 kit/ renders the box kit. Shared by every stage: settings, runctx (glue with pyinfra; it
-imports no stage), report, upload.
+imports no stage), report, upload, remote (a stage's own commands, with the run's sudo).
 """

@@ -49,7 +49,7 @@ gpu_min_memory_gib = 95.0  # per GPU, as NVML reports it (a "96 GB" card shows ~
 gpu_require_open_kernel_module = True  # Blackwell needs NVIDIA's open kernel modules
 disk_margin_gib = 20.0  # free space required on top of the weights still to download
 min_shm_gib = 16.0  # host /dev/shm below this is a WARN (ipc: host uses the host's)
-supported_os = ["ubuntu 22.04", "ubuntu 24.04", "debian 12"]  # "<id> <version>" accepted
+supported_os = ["ubuntu 22.04", "ubuntu 24.04", "debian 12", "debian 13"]  # "<id> <version>" accepted
 
 # --- Rollout and timeouts -------------------------------------------------------------------
 rollout_batch_size = 2  # hosts changed at once after the canary

@@ -3,7 +3,7 @@
     python -m testbed up -n 3 --inventory inv.py [--workdir DIR]
     python -m testbed status [--workdir DIR]
     python -m testbed down [--workdir DIR | --all]
-    python -m testbed rootfs          # build (or show) the cached host image
+    python -m testbed rootfs          # build (or show) the cached host images
     python -m testbed demo [--keep]   # the real deploy.py on 3 simulated hosts, then teardown
 """
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from testbed import rootfs
-from testbed.fleet import Fleet, FleetError
+from testbed.fleet import DEFAULT_INIT, DEFAULT_SUITE, Fleet, FleetError
 
 CLI_WORKDIR = "/var/tmp/glmfleet-fleet-cli"
 BANNER = ("SIMULATED FLEET: these hosts are Linux namespaces on this machine "
@@ -30,7 +30,7 @@ def cmd_up(a) -> int:
     fleet = Fleet(wd, a.prefix, apt_proxy=not a.no_proxy, cleanup_at_exit=False)
     try:
         for i in range(1, a.n + 1):
-            fleet.add_host(f"{a.name}{i}", shm_size=a.shm_size)
+            fleet.add_host(f"{a.name}{i}", shm_size=a.shm_size, suite=a.suite, init=a.init)
         fleet.start()
         fleet.write_inventory(a.inventory)
     except BaseException:
@@ -42,7 +42,8 @@ def cmd_up(a) -> int:
     if fleet.proxy:
         print(f"apt proxy: {fleet.proxy.url('<host gateway>')} (pid {fleet.proxy.pid})")
     print(f"inventory: {Path(a.inventory).resolve()}   (pyinfra {a.inventory} exec -- hostname)")
-    print(f"ssh:       {' '.join(next(iter(fleet.hosts.values())).ssh_argv())}")
+    print(f"ssh:       {' '.join(next(iter(fleet.hosts.values())).ssh_argv(user=rootfs.LOGIN_USER))}"
+          "   (passwordless sudo; the inventory sets _sudo)")
     print(f"tear down: python -m testbed down --workdir {wd}")
     return 0
 
@@ -80,7 +81,8 @@ def cmd_down(a) -> int:
 
 
 def cmd_rootfs(a) -> int:
-    print(rootfs.ensure_rootfs())
+    for suite, init in rootfs.PROFILES:
+        print(f"{rootfs.SUITES[suite]} ({suite}), init {init}: {rootfs.ensure_rootfs(suite, init)}")
     return 0
 
 
@@ -99,6 +101,10 @@ def main(argv=None) -> int:
     up.add_argument("--name", default="node", help="host name stem: node1, node2, ...")
     up.add_argument("--prefix", help="namespace name prefix (default: gft-<random id>)")
     up.add_argument("--shm-size", default="1g")
+    up.add_argument("--suite", default=DEFAULT_SUITE, choices=sorted(rootfs.SUITES),
+                    help=f"Debian release of the hosts (default {DEFAULT_SUITE})")
+    up.add_argument("--init", default=DEFAULT_INIT, choices=rootfs.INITS,
+                    help=f"PID 1 of the hosts: systemd, or none (sshd; default {DEFAULT_INIT})")
     up.add_argument("--no-proxy", action="store_true", help="no apt proxy (hosts cannot use apt)")
     for name, sp in (("status", "show the fleet"), ("down", "tear the fleet down")):
         s = sub.add_parser(name, help=sp)
@@ -107,7 +113,7 @@ def main(argv=None) -> int:
             s.add_argument("--all", action="store_true",
                            help="every fleet recorded under /var/tmp/glmfleet-fleet-* (all sessions!)")
     up.add_argument("--workdir", default=CLI_WORKDIR)
-    sub.add_parser("rootfs", help="build or show the cached host image")
+    sub.add_parser("rootfs", help="build or show the cached host images (every profile the tests use)")
     demo = sub.add_parser("demo", help="run the real deploy.py on 3 simulated hosts, then tear down")
     demo.add_argument("--keep", action="store_true", help="leave the fleet up afterwards")
     a = p.parse_args(argv)

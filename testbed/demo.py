@@ -77,7 +77,8 @@ class Site:
             # The GPU side of the container runtime is simulated too: a no-op hook ahead of the
             # toolkit's on dockerd's PATH (the real one needs real GPUs to start a container).
             files["/usr/local/bin/nvidia-container-runtime-hook"] = (serving_image.HOOK_STANDIN, 0o755)
-            self.fleet.add_host(name, files=files, shm_size="32g")
+            # init-less: Docker and the image are pre-loaded by hand (serving_image.preload)
+            self.fleet.add_host(name, files=files, shm_size="32g", init="none")
         self.fleet.start(*self.profiles)
         # No registry is reachable from a simulated host: give the GPU hosts Debian's Docker
         # and the serving-image double (tagged as the real image) before the deploy runs.

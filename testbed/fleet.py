@@ -6,8 +6,15 @@ Each host is:
     host side .2 = ``address``); no default route, so nothing leaves the link;
   * an overlayfs root (lower: the cached rootfs, upper: per host) mounted on
     the controller at ``Host.root``, so tests can read and write host files;
-  * its own mount, PID and UTS namespaces with a real ``sshd -D`` as PID 1.
-    Killing that PID takes the whole host down, like pulling the plug.
+  * its own mount, PID, UTS and cgroup namespaces, in its own cgroup subtree of every
+    hierarchy of this machine (bind-mounted writable at the host's /sys/fs/cgroup, so
+    systemd and Docker inside manage their own cgroups without seeing another host's);
+  * PID 1 is systemd (``init="systemd"``, the default: sshd comes from ssh.service, Docker
+    from docker.service, units enabled at boot start at boot) or, on the init-less profile
+    (``init="none"``), a real ``sshd -D``. Stopping a host powers it off (systemd: a clean
+    poweroff, like `systemctl poweroff`); killing PID 1 takes the whole host down, like
+    pulling the plug.
+  * a Debian 13 (``suite="trixie"``) or Debian 12 (``suite="bookworm"``) root.
 
 Everything created is recorded (with PID start times) in ``<workdir>/state.json``
 so another process (``python -m testbed down``) can tear it down by PID.
@@ -41,10 +48,37 @@ NET = ipaddress.ip_network("10.213.0.0/16")
 NET_LOCK = Path("/run/lock/glmfleet-testbed-net.lock")  # serialises address picks across sessions
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+DEFAULT_SUITE = "bookworm"
+DEFAULT_INIT = "systemd"
+CGROUP_DIR = "glmfleet-testbed"  # per-host subtrees live under this, below our own cgroup
 
 
 class FleetError(RuntimeError):
     pass
+
+
+def cgroup_hierarchies() -> list[tuple[str, str, str]]:
+    """(path below /sys/fs/cgroup, mount point, this process's cgroup in it) of every
+    cgroup hierarchy mounted under /sys/fs/cgroup ("" for a cgroup2 tree mounted there)."""
+    own = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            own[ctrls] = path
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, post = line.split(" - ", 1)
+            mount = pre.split()[4]
+            fstype, _, opts = post.split()[:3]
+            if fstype not in ("cgroup", "cgroup2") or not (mount + "/").startswith("/sys/fs/cgroup/"):
+                continue
+            opts = set(opts.split(","))
+            key = "" if fstype == "cgroup2" else next(
+                (k for k in own if k and set(k.split(",")) <= opts), None)
+            if key is not None and key in own:
+                found.append((mount[len("/sys/fs/cgroup"):], mount, own[key]))
+    return found
 
 
 def _run(*argv, check=True, **kw) -> subprocess.CompletedProcess:
@@ -67,6 +101,9 @@ class Host:
     ssh_key: str         # controller private key that root@host accepts
     known_hosts: str     # known_hosts file holding every fleet host's key
     shm_size: str = "1g"
+    suite: str = DEFAULT_SUITE
+    init: str = DEFAULT_INIT
+    cgroups: list = field(default_factory=list)  # controller-side dirs of its cgroup subtree
     hostfs_size: str | None = None
     hostfs_path: str = "/mnt"
     pid: int | None = None        # the host's PID 1 (sshd), as seen from the controller
@@ -93,7 +130,7 @@ class Host:
         namespaces and root), without SSH: for test setup and inspection."""
         if not self.running:
             raise FleetError(f"host {self.name} is not running")
-        argv = ["nsenter", "-t", str(self.pid), "-m", "-u", "-n", "-p", "-r", "-w", "--",
+        argv = ["nsenter", "-t", str(self.pid), "-m", "-u", "-n", "-p", "-C", "-r", "-w", "--",
                 "/usr/bin/env", "-i", f"PATH={HOST_PATH}", "HOME=/root", "LANG=C.UTF-8",
                 "/bin/sh", "-c", cmd]
         p = subprocess.run(argv, input=input, capture_output=True, text=text, timeout=timeout)
@@ -101,11 +138,11 @@ class Host:
             raise FleetError(f"[{self.name}] {cmd!r} exited {p.returncode}: {p.stderr or p.stdout}")
         return p
 
-    def ssh_argv(self, cmd: str | None = None) -> list[str]:
-        """An OpenSSH command line that logs in as root on this host (runs ``cmd`` if given)."""
+    def ssh_argv(self, cmd: str | None = None, user: str = "root") -> list[str]:
+        """An OpenSSH command line that logs in as ``user`` on this host (runs ``cmd`` if given)."""
         return ["ssh", "-i", self.ssh_key, "-o", f"UserKnownHostsFile={self.known_hosts}",
                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
-                "-o", "LogLevel=ERROR", f"root@{self.address}"] + ([cmd] if cmd else [])
+                "-o", "LogLevel=ERROR", f"{user}@{self.address}"] + ([cmd] if cmd else [])
 
     def state(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_popen"}
@@ -125,7 +162,7 @@ class Fleet:
         self.workdir = Path(workdir or f"/var/tmp/glmfleet-fleet-{self.prefix}")
         self.hosts: dict[str, Host] = {}
         self.proxy = AptProxy(self.workdir, proxy_port) if apt_proxy else None
-        self._lower: Path | None = None
+        self._lowers: dict[tuple[str, str], Path] = {}
         if _state is not None:  # re-attached by load()
             self.hosts = {n: Host(**h) for n, h in _state["hosts"].items()}
             if _state.get("proxy") is not None:
@@ -180,30 +217,34 @@ class Fleet:
 
     def add_host(self, name: str, *, shm_size: str = "1g",
                  files: dict[str, bytes | str | tuple] | None = None,
-                 hostfs_size: str | None = None, hostfs_path: str = "/mnt") -> Host:
+                 hostfs_size: str | None = None, hostfs_path: str = "/mnt",
+                 suite: str = DEFAULT_SUITE, init: str = DEFAULT_INIT) -> Host:
         """Create a host (not started). ``files``: {absolute path in host: content or
         (content, mode)} written into its filesystem before start. ``hostfs_size``
         (e.g. "64m") puts a size-limited tmpfs at ``hostfs_path`` to simulate a full disk;
-        it survives host restarts like a disk would."""
+        it survives host restarts like a disk would. ``suite``: "bookworm" (Debian 12) or
+        "trixie" (Debian 13); ``init``: "systemd" or "none" (sshd as PID 1)."""
         if not NAME_RE.match(name):
             raise FleetError(f"bad host name {name!r}: use [a-z0-9-], max 31 chars")
         if name in self.hosts:
             raise FleetError(f"host {name} already exists")
-        if self._lower is None:
-            self._lower = rootfs.ensure_rootfs()
+        rootfs.build_inputs(suite, init)  # a bad profile fails here, before anything is made
+        if (suite, init) not in self._lowers:
+            self._lowers[(suite, init)] = rootfs.ensure_rootfs(suite, init)
+        lower = self._lowers[(suite, init)]
         netns = f"{self.prefix}-{name}"
         hdir = self.workdir / name
         h = Host(name=name, netns=netns, veth="gv" + hashlib.sha1(netns.encode()).hexdigest()[:10],
                  address="", gateway="", dir=str(hdir), ssh_key=str(self.key),
                  known_hosts=str(self.workdir / "known_hosts"), shm_size=shm_size,
-                 hostfs_size=hostfs_size, hostfs_path=hostfs_path)
+                 hostfs_size=hostfs_size, hostfs_path=hostfs_path, suite=suite, init=init)
         self.hosts[name] = h
         self._save()  # record before creating anything, so a failure can still be torn down
         try:
             for d in ("upper", "work", "merged"):
                 (hdir / d).mkdir(parents=True, exist_ok=True)
             _run("mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={self._lower},upperdir={hdir / 'upper'},workdir={hdir / 'work'}", h.root)
+                 f"lowerdir={lower},upperdir={hdir / 'upper'},workdir={hdir / 'work'}", h.root)
             if hostfs_size:
                 mp = h.root / hostfs_path.lstrip("/")
                 mp.mkdir(parents=True, exist_ok=True)
@@ -238,9 +279,11 @@ class Fleet:
         (r / "etc/hostname").write_text(h.name + "\n")
         (r / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n{h.address}\t{h.name}\n"
                                      "::1\tlocalhost ip6-localhost ip6-loopback\n")
-        auth = r / "root/.ssh/authorized_keys"
-        auth.write_text(Path(f"{self.key}.pub").read_text())
-        auth.chmod(0o600)
+        for home, uid in (("root", 0), (f"home/{rootfs.LOGIN_USER}", rootfs.LOGIN_UID)):
+            auth = r / home / ".ssh/authorized_keys"
+            auth.write_text(Path(f"{self.key}.pub").read_text())
+            auth.chmod(0o600)
+            os.chown(auth, uid, uid)
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{h.name}",
              "-f", r / "etc/ssh/ssh_host_ed25519_key")
         if self.proxy:
@@ -280,9 +323,14 @@ class Fleet:
             f"mount -t tmpfs -o mode=755,size=16m,nosuid tmpfs {r}/dev",
             f"mkdir {r}/dev/pts {r}/dev/shm",
         ]
-        if os.path.ismount("/sys/fs/cgroup"):
-            # The machine's cgroup tree, writable: lets dockerd run inside a host.
-            s.insert(3, f"mount --rbind /sys/fs/cgroup {r}/sys/fs/cgroup")
+        # The host's own cgroup subtree of every hierarchy, writable, where the machine has
+        # them: systemd and dockerd inside manage cgroups there (the launcher put PID 1 in
+        # it and entered a new cgroup namespace, so the host sees it as its root).
+        cg = [] if any(rel == "" for rel, _ in h.cgroups) or not h.cgroups else \
+            [f"mount -t tmpfs -o mode=755,size=1m,nosuid,nodev,noexec tmpfs {r}/sys/fs/cgroup"]
+        for rel, d in h.cgroups:
+            cg += [f"mkdir -p {r}/sys/fs/cgroup{rel}", f"mount --bind {shlex.quote(d)} {r}/sys/fs/cgroup{rel}"]
+        s[3:3] = cg
         for dev, major, minor in (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
                                   ("urandom", 1, 9), ("tty", 5, 0)):
             s.append(f"mknod -m 666 {r}/dev/{dev} c {major} {minor}")
@@ -303,16 +351,49 @@ class Fleet:
             f"if [ -f {r}{DRIVER_VERSION_SOURCE} ]; then mount -t tmpfs -o size=1m tmpfs {r}/proc/driver"
             f" && mkdir {r}/proc/driver/nvidia && cp {r}{DRIVER_VERSION_SOURCE} {r}/proc/driver/nvidia/version; fi",
             f"hostname {shlex.quote(h.name)}",
-            f"exec /usr/bin/env -i PATH={HOST_PATH} LANG=C.UTF-8 /usr/sbin/chroot {r} /usr/sbin/sshd -D -e",
         ]
+        if h.init == "systemd":
+            # systemd as PID 1 of a container (it is told so); it starts ssh.service & co.
+            s.append(f"exec /usr/bin/env -i container=other PATH={HOST_PATH} LANG=C.UTF-8 "
+                     f"/usr/sbin/chroot {r} /lib/systemd/systemd --system")
+        else:
+            s.append(f"exec /usr/bin/env -i PATH={HOST_PATH} LANG=C.UTF-8 /usr/sbin/chroot {r} /usr/sbin/sshd -D -e")
         return "\n".join(s)
+
+    def _make_cgroups(self, h: Host) -> None:
+        """A fresh cgroup subtree for ``h`` in every hierarchy, below our own cgroup."""
+        self._remove_cgroups(h)
+        h.cgroups = []
+        for rel, mount, own in cgroup_hierarchies():
+            d = Path(f"{mount}{own.rstrip('/')}/{CGROUP_DIR}/{h.netns}")
+            for level in (d.parent, d):
+                level.mkdir(exist_ok=True)
+                for knob in ("cpuset.cpus", "cpuset.mems"):  # v1 cpuset: empty until copied
+                    f = level / knob
+                    if f.exists() and not f.read_text().strip():
+                        f.write_text((level.parent / knob).read_text())
+            h.cgroups.append((rel, str(d)))
+
+    @staticmethod
+    def _remove_cgroups(h: Host) -> None:
+        for _, d in h.cgroups:
+            for sub, _dirs, _files in sorted(os.walk(d, topdown=False), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(sub)
+                except OSError:
+                    pass
+        h.cgroups = []
 
     def _launch(self, h: Host) -> None:
         # nsenter --net (not `ip netns exec`, which remounts /sys and hides the cgroup mounts)
+        self._make_cgroups(h)
         log = open(Path(h.dir) / "boot.log", "ab")
+        # Into the host's cgroups first, then new namespaces (cgroup included) around PID 1.
+        enter = ('b=$1; shift; for d; do echo $$ >"$d/cgroup.procs" || exit 1; done; '
+                 'exec unshare --cgroup --mount --pid --fork --uts --propagation private /bin/sh -c "$b"')
         p = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{h.netns}", "unshare", "--mount", "--pid", "--fork", "--uts",
-             "--propagation", "private", "/bin/sh", "-c", self._boot_script(h)],
+            ["nsenter", f"--net=/run/netns/{h.netns}", "/bin/sh", "-c", enter, "enter",
+             self._boot_script(h), *(d for _, d in h.cgroups)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         h._popen, h.launcher_pid, h.launcher_start = p, p.pid, start_time(p.pid)
@@ -323,9 +404,10 @@ class Fleet:
             time.sleep(0.01)
         h.pid, h.pid_start = kids[0], start_time(kids[0])
 
-    def start(self, *names: str, timeout: float = 30) -> None:
+    def start(self, *names: str, timeout: float = 60) -> None:
         """Boot the named hosts (default: all stopped ones) in parallel; return once
-        each answers SSH."""
+        each answers SSH and, on systemd hosts, has finished booting (no start-up job left,
+        as a server that is up: `systemctl is-system-running --wait`)."""
         hosts = [self.hosts[n] for n in (names or self.hosts)]
         if self.proxy:
             self.proxy.apply(h.gateway for h in self.hosts.values())
@@ -336,6 +418,7 @@ class Fleet:
         finally:
             self._save()
         deadline = time.monotonic() + timeout
+        booting = [h for h in todo if h.init == "systemd"]
         while todo:
             h = todo[0]
             if not h.running:
@@ -351,13 +434,22 @@ class Fleet:
             if time.monotonic() > deadline:
                 raise FleetError(f"host {h.name} not answering SSH after {timeout}s")
             time.sleep(0.05)
+        for h in booting:
+            left = max(1.0, deadline - time.monotonic())
+            try:
+                state = h.exec("systemctl is-system-running --wait", check=False, timeout=left).stdout.strip()
+            except subprocess.TimeoutExpired:
+                raise FleetError(f"host {h.name} still booting after {timeout}s") from None
+            if state not in ("running", "degraded"):
+                raise FleetError(f"host {h.name} booted to {state!r}; see `systemctl --failed` in it")
 
     def stop(self, *names: str, timeout: float = 10) -> None:
         """Power off the named hosts (default: all): kill PID 1, which ends every process
         and host-private mount of the host. Its filesystem stays (see ``Host.root``)."""
         for h in [self.hosts[n] for n in (names or self.hosts)]:
             if h.running:
-                os.kill(h.pid, signal.SIGTERM)
+                # systemd powers off on SIGRTMIN+4 (stops its units: Docker, the service)
+                os.kill(h.pid, signal.SIGRTMIN + 4 if h.init == "systemd" else signal.SIGTERM)
                 if not wait_gone(h.pid, h.pid_start, timeout):
                     os.kill(h.pid, signal.SIGKILL)
                     wait_gone(h.pid, h.pid_start, timeout)
@@ -366,9 +458,10 @@ class Fleet:
                 os.kill(h.launcher_pid, signal.SIGKILL)
                 wait_gone(h.launcher_pid, h.launcher_start, 5, h._popen)
             h.pid = h.pid_start = h.launcher_pid = h.launcher_start = h._popen = None
+            self._remove_cgroups(h)
         self._save()
 
-    def restart(self, *names: str, timeout: float = 30) -> None:
+    def restart(self, *names: str, timeout: float = 60) -> None:
         self.stop(*names)
         self.start(*(names or tuple(self.hosts)), timeout=timeout)
 
@@ -420,20 +513,29 @@ class Fleet:
 
     # --- pyinfra -------------------------------------------------------------
 
-    def ssh_data(self, h: Host) -> dict:
-        """pyinfra SSH connector data for ``h`` (pyinfra 3.x key names)."""
-        return {"ssh_hostname": h.address, "ssh_user": "root", "ssh_key": h.ssh_key,
+    def ssh_data(self, h: Host, login: str = rootfs.LOGIN_USER) -> dict:
+        """pyinfra SSH connector data for ``h`` (pyinfra 3.x key names). ``login``: the
+        host's sudo user (default; the data then carries ``_sudo``, what `--sudo` sets for
+        a whole run) or "root"."""
+        data = {"ssh_hostname": h.address, "ssh_user": login, "ssh_key": h.ssh_key,
                 "ssh_known_hosts_file": h.known_hosts, "ssh_strict_host_key_checking": "yes",
                 "ssh_allow_agent": False, "ssh_look_for_keys": False}
+        if login != "root":
+            data["_sudo"] = True
+        return data
 
     def write_inventory(self, path: str | os.PathLike, hosts=None,
-                        host_data: dict[str, dict] | None = None, group: str = "testbed") -> Path:
+                        host_data: dict[str, dict] | None = None, group: str = "testbed",
+                        login: str | dict[str, str] = rootfs.LOGIN_USER) -> Path:
         """Write a pyinfra inventory module with one group (``group``) of ``hosts``
         (names; default all). ``host_data``: {host name: extra host data}; values must
-        be Python literals."""
+        be Python literals. ``login``: see ssh_data (one for all, or {host name: login})."""
         names = list(hosts or self.hosts)
         host_data = host_data or {}
-        rows = "".join(f"    ({n!r}, {({**self.ssh_data(self.hosts[n]), **host_data.get(n, {})})!r}),\n"
+
+        def login_of(n):
+            return login.get(n, rootfs.LOGIN_USER) if isinstance(login, dict) else login
+        rows = "".join(f"    ({n!r}, {({**self.ssh_data(self.hosts[n], login_of(n)), **host_data.get(n, {})})!r}),\n"
                        for n in names)
         text = ("# Generated by testbed: a SIMULATED fleet (Linux namespaces on this machine),\n"
                 f"# not real servers. Fleet workdir: {self.workdir}\n"

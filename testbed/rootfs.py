@@ -1,9 +1,12 @@
-"""The cached Debian 12 root filesystem every simulated host boots from.
+"""The cached Debian root filesystems the simulated hosts boot from.
 
-Built once with ``debootstrap --variant=minbase`` and kept as a plain directory
-(the read-only lower layer of each host's overlayfs). The cache directory name
-carries a hash of every build input, so changing the package list, suite,
-mirror or the preparation steps gives a new directory instead of a stale one.
+One per (suite, init): Debian 12 ``bookworm`` or Debian 13 ``trixie``; ``systemd``
+(systemd as PID 1, sshd from ssh.service, like a real server) or ``none`` (no init
+system: sshd is PID 1, the init-less profile). Built once with
+``debootstrap --variant=minbase`` and kept as a plain directory (the read-only lower
+layer of each host's overlayfs). The cache directory name carries a hash of every
+build input, so changing the package list, suite, mirror or the preparation steps
+gives a new directory instead of a stale one.
 
 Cache root: ``/var/cache/glmfleet-testbed`` or ``$GLMFLEET_TESTBED_CACHE``.
 """
@@ -22,12 +25,23 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-SUITE = "bookworm"
+SUITE = "bookworm"  # the controller's own suite (mirror discovery) and the default hosts'
+SUITES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+INITS = ("systemd", "none")
+# The host images the test suite uses (built by testbed/setup.sh, so CI builds them first).
+PROFILES = (("bookworm", "systemd"), ("trixie", "systemd"), ("bookworm", "none"))
 VARIANT = "minbase"
 # python3: the deploy runs Python probes on hosts. gnupg: apt-key style repo setup.
-PACKAGES = ("openssh-server", "python3", "iproute2", "ca-certificates", "procps", "gnupg")
+# sudo: hosts are reached as a non-root login with sudo, as cloud images are.
+PACKAGES = ("openssh-server", "python3", "iproute2", "ca-certificates", "procps", "gnupg", "sudo")
+# systemd hosts: systemd as PID 1 (systemd-sysv: /sbin/init), dbus for systemctl and logind.
+SYSTEMD_PACKAGES = ("systemd", "systemd-sysv", "dbus")
 # Bump when prepare() changes, so old caches are not reused.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
+# The login user of every host (like the `admin`/`debian` user of Debian's cloud images):
+# key login, passwordless sudo. Root logs in with the same key, for tests about root.
+LOGIN_USER = "admin"
+LOGIN_UID = 1000
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
@@ -98,10 +112,17 @@ def _controller_skips_valid_until() -> bool:
     return "false" in out.lower()
 
 
-def build_inputs() -> dict:
+def packages(init: str) -> tuple[str, ...]:
+    return PACKAGES + (SYSTEMD_PACKAGES if init == "systemd" else ())
+
+
+def build_inputs(suite: str = SUITE, init: str = "none") -> dict:
+    if suite not in SUITES or init not in INITS:
+        raise ValueError(f"no test host image for suite={suite!r} init={init!r}: "
+                         f"suites {sorted(SUITES)}, inits {list(INITS)}")
     m = debian_mirrors()
     return {
-        "suite": SUITE, "variant": VARIANT, "packages": sorted(PACKAGES),
+        "suite": suite, "init": init, "variant": VARIANT, "packages": sorted(packages(init)),
         "mirror": m["debian"], "security": m["security"],
         "no_valid_until": _controller_skips_valid_until(), "prepare": PREPARE_VERSION,
     }
@@ -197,7 +218,7 @@ def remove_tree(path: Path) -> None:
 # --- build ------------------------------------------------------------------
 
 SSHD_CONF = """\
-# Simulated test host: root logs in with the controller's key only.
+# Simulated test host: the login user and root log in with the controller's key only.
 # No PAM: there is no init system or login-session tracking in these hosts.
 PermitRootLogin prohibit-password
 PasswordAuthentication no
@@ -227,10 +248,11 @@ def _prepare(root: Path, inputs: dict) -> None:
     (root / "etc/ssh/sshd_config.d/10-testbed.conf").write_text(SSHD_CONF)
 
     # Sources: the same mirror the controller uses (reached through the proxy).
-    src = f"Types: deb\nURIs: {inputs['mirror']}\nSuites: {SUITE} {SUITE}-updates\nComponents: main\n" \
+    suite = inputs["suite"]
+    src = f"Types: deb\nURIs: {inputs['mirror']}\nSuites: {suite} {suite}-updates\nComponents: main\n" \
           "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
     if inputs["security"]:
-        src += f"\nTypes: deb\nURIs: {inputs['security']}\nSuites: {SUITE}-security\nComponents: main\n" \
+        src += f"\nTypes: deb\nURIs: {inputs['security']}\nSuites: {suite}-security\nComponents: main\n" \
                "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
     (root / "etc/apt/sources.list.d/debian.sources").write_text(src)
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
@@ -244,14 +266,29 @@ def _prepare(root: Path, inputs: dict) -> None:
     (root / "etc/resolv.conf").write_text("# simulated test host: no DNS (no route out)\n")
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
 
+    # The login user: a key login (its password field is "*", not the locked "!" that sshd
+    # refuses without PAM) and passwordless sudo, as on a cloud image.
+    subprocess.run(["chroot", str(root), "useradd", "--create-home", "--uid", str(LOGIN_UID),
+                    "--user-group", "--shell", "/bin/bash", "--password", "*", LOGIN_USER], check=True)
+    sudoers = root / f"etc/sudoers.d/90-{LOGIN_USER}"
+    sudoers.write_text(f"{LOGIN_USER} ALL=(ALL) NOPASSWD:ALL\n")
+    sudoers.chmod(0o440)
+    home_ssh = root / f"home/{LOGIN_USER}/.ssh"
+    home_ssh.mkdir(mode=0o700)
+    os.chown(home_ssh, LOGIN_UID, LOGIN_UID)
+
+    if inputs["init"] == "systemd":
+        # No kernel modules can be loaded from a test host: mask the one unit that tries.
+        (root / "etc/systemd/system/systemd-modules-load.service").symlink_to("/dev/null")
+
     subprocess.run(["chroot", str(root), "apt-get", "clean"], check=True)
     shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)  # a fresh server has none
     (root / "var/lib/apt/lists/partial").mkdir(parents=True)
 
 
-def ensure_rootfs() -> Path:
+def ensure_rootfs(suite: str = SUITE, init: str = "none") -> Path:
     """Return the cached rootfs directory, building it first if needed (root only)."""
-    inputs = build_inputs()
+    inputs = build_inputs(suite, init)
     key = cache_key(inputs)
     base = cache_root()
     target = base / f"rootfs-{key}"
@@ -266,13 +303,13 @@ def ensure_rootfs() -> Path:
             remove_tree(stale)
         tmp = base / f".build-{key}-{os.getpid()}"
         logf = base / f"rootfs-{key}.log"
-        log(f"building Debian {SUITE} rootfs from {inputs['mirror']} into {target} (log: {logf}) ...")
+        log(f"building Debian {suite} rootfs ({'systemd' if init == 'systemd' else 'no init'}) from {inputs['mirror']} into {target} (log: {logf}) ...")
         t0 = time.monotonic()
         try:
             with open(logf, "w") as lf:
                 subprocess.run(
-                    ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(PACKAGES)}",
-                     SUITE, str(tmp), inputs["mirror"]],
+                    ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(packages(init))}",
+                     suite, str(tmp), inputs["mirror"]],
                     stdout=lf, stderr=subprocess.STDOUT, check=True)
             _prepare(tmp, inputs)
             (base / f"rootfs-{key}.json").write_text(json.dumps(inputs, indent=1) + "\n")

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Prepare this machine (the controller) to run the simulated test fleet:
-# install the host tools it needs and build the cached Debian host image.
+# install the host tools it needs and build the cached Debian host images (Debian 12 and 13
+# with systemd, Debian 12 without an init system) and the apt repository double (Debian 12's
+# and 13's Docker binaries, fetched with a private apt state from this machine's mirror).
 # Idempotent and quick when already done. Root only; Debian/Ubuntu only.
 #
 #   sudo testbed/setup.sh            # then: python -m testbed up -n 3 --inventory inv.py
@@ -14,12 +16,14 @@ fi
 
 # command -> package; only missing ones are installed, so a ready machine costs no apt call.
 # gcc builds the NVML double; shellcheck and docker-compose (v1) check the box kit's scripts
-# and compose file; gpg signs the apt repository double.
+# and compose file; gpg signs the apt repository double; docker-registry (the distribution
+# registry v2) and openssl serve the serving-image double over TLS from a test CA.
 missing="${TESTBED_FORCE_INSTALL:+ debootstrap}"  # force: exercise the install path
 for pair in debootstrap:debootstrap apt-cacher-ng:apt-cacher-ng sshd:openssh-server \
             ssh:openssh-client ssh-keygen:openssh-client ip:iproute2 unshare:util-linux \
             nsenter:util-linux ps:procps gcc:gcc shellcheck:shellcheck \
-            docker-compose:docker-compose gpg:gnupg; do
+            docker-compose:docker-compose gpg:gnupg docker-registry:docker-registry \
+            openssl:openssl; do
     cmd=${pair%%:*} pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done
@@ -41,11 +45,6 @@ if [ -n "$missing" ]; then
     if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 
-# The apt repository double repackages Debian's docker.io binaries: apt's lists must exist.
-if ! apt-cache policy docker.io 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-    apt-get update -qq
-fi
-
 # The fleet mounts overlayfs; make sure the module is there (built in on most kernels).
 grep -qw overlay /proc/filesystems || modprobe overlay
 
@@ -53,4 +52,5 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-"$repo/.venv/bin/python"}
 [ -x "$py" ] || py=python3
 cd "$repo"
-exec "$py" -m testbed rootfs
+"$py" -m testbed rootfs
+exec "$py" -c 'from testbed.doubles.aptrepo import build; print(build().dir)'

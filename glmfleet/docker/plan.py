@@ -156,16 +156,27 @@ def nvidia_repo(host_os: HostOs, s) -> AptRepo:
 # --- packages ------------------------------------------------------------------------------
 
 def distro_compose_package(host_os: HostOs) -> str:
-    """The distribution's compose: Debian 12 packages v1 (docker-compose 1.29); Ubuntu has the
-    v2 plugin as docker-compose-v2 (22.04: in jammy-updates; 24.04: in the release)."""
+    """The distribution's compose: Debian 12 packages v1 (docker-compose 1.29), Debian 13 the
+    v2 CLI plugin (docker-compose 2.26); Ubuntu has the v2 plugin as docker-compose-v2
+    (22.04: in jammy-updates; 24.04: in the release)."""
     return "docker-compose-v2" if host_os.id == "ubuntu" else "docker-compose"
+
+
+def distro_cli_package(host_os: HostOs) -> str | None:
+    """From Debian 13, docker.io no longer carries the `docker` CLI: it is docker-cli (only
+    a Recommends, which the stage does not install)."""
+    if host_os.id == "debian" and host_os.version_id.split(".")[0].isdigit() \
+            and int(host_os.version_id.split(".")[0]) >= 13:
+        return "docker-cli"
+    return None
 
 
 def docker_packages(host_os: HostOs, s) -> list[str]:
     """apt install arguments, with the optional version pin ("name=version")."""
     if s.docker_packages == "distro":
         engine = f"docker.io={s.docker_version}" if s.docker_version else "docker.io"
-        return [engine, distro_compose_package(host_os)]
+        cli = distro_cli_package(host_os)
+        return [engine, *([cli] if cli else []), distro_compose_package(host_os)]
     return [f"{p}={s.docker_version}" if s.docker_version and p in DOCKER_CE_PINNED else p
             for p in DOCKER_CE_PACKAGES]
 

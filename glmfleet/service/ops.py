@@ -41,7 +41,6 @@ from .env on the host.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import shlex
 import time
@@ -51,7 +50,7 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 
 from glmfleet.service import monitor as mon
-from glmfleet import runctx
+from glmfleet import remote, runctx
 from glmfleet.service import plan as svc
 from glmfleet.kit.index_pattern import derive
 from glmfleet.kit.render import KitError, render_kit
@@ -60,11 +59,6 @@ from glmfleet.settings import Settings
 STAGE = "service"
 EARLIER_STAGES = ("docker", "nvidia_toolkit", "weights")
 q = shlex.quote
-# Connector arguments we pass through to our own commands (privilege escalation, shell).
-_PASS_ARGS = ("_sudo", "_sudo_user", "_use_sudo_login", "_sudo_password", "_preserve_sudo_env",
-              "_su_user", "_use_su_login", "_preserve_su_env", "_su_shell", "_su_password",
-              "_doas", "_doas_user", "_dzdo", "_dzdo_user", "_shell_executable")
-_ESCALATE = ("_sudo", "_su_user", "_doas", "_dzdo")
 WAIT_NOTE_EVERY_S = 30
 
 
@@ -185,39 +179,14 @@ def build_job(s: Settings, strict: bool) -> Job:
 
 # --- helpers run inside _apply (the host's greenlet, at execution) ---------------------------
 
-def _connector_args() -> dict:
-    args = host.current_op_global_arguments or {}
-    return {k: v for k, v in args.items() if k in _PASS_ARGS and v not in (None, False, "")}
-
-
 def _say(message: str) -> None:
     logger.info(f"{host.print_prefix}{message}")
 
 
-def _sh(command: str, *, show: bool = False, timeout: int | None = None) -> tuple[bool, list[str]]:
-    """Run a command (no secrets in it, ever); return (ok, combined output lines)."""
-    kwargs = _connector_args()
-    if timeout:
-        kwargs["_timeout"] = timeout
-    try:
-        ok, out = host.run_shell_command(StringCommand(command), print_output=show,
-                                         print_input=host.state.print_input, **kwargs)
-    except (OSError, TimeoutError) as e:  # SSH trouble or our timeout
-        return False, [f"{type(e).__name__}: {e}"]
-    return ok, [line.line for line in out]
-
-
-def _upload(data: bytes, dest: str) -> bool:
-    """SFTP upload. Under sudo/su pyinfra uploads to a temp file first and copies it: create
-    that file 0600 ourselves first, so a secret is never readable by others, even briefly."""
-    args = _connector_args()
-    if any(args.get(k) for k in _ESCALATE):
-        tmp = host.get_temp_filename(dest)
-        ok, _ = host.run_shell_command(StringCommand(f"(umask 077 && : > {q(tmp)})"))
-        if not ok:
-            return False
-        return bool(host.put_file(io.BytesIO(data), dest, remote_temp_filename=tmp, **args))
-    return bool(host.put_file(io.BytesIO(data), dest, **args))
+def _sh(command: str, *, show: bool | None = None, timeout: int | None = None) -> tuple[bool, list[str]]:
+    """(ok, output lines) of a command on the current host (no secrets in it, ever)."""
+    r = remote.sh(host, command, show=show, timeout=timeout)
+    return r.ok, r.lines
 
 
 def _place(job: Job, paths: list[str], extra: dict[str, bytes] | None = None) -> tuple[bool, str]:
@@ -234,7 +203,7 @@ def _place(job: Job, paths: list[str], extra: dict[str, bytes] | None = None) ->
     moves = []
     for i, (path, data, mode) in enumerate(items):
         tmp = f"{staging}/{i}"
-        if not _upload(data, tmp):
+        if not remote.put(host, data, tmp):
             return False, f"upload of {path} failed"
         moves.append(f"chmod {mode:o} {q(tmp)} && mkdir -p \"$(dirname {q(sd + '/' + path)})\" "
                      f"&& mv -f {q(tmp)} {q(sd + '/' + path)}")
@@ -269,7 +238,7 @@ def _boot_check(job: Job) -> svc.BootCheck:
     name = q(s.service_name)
     _, lines = _sh(f"t=$(docker container inspect -f '{{{{.State.StartedAt}}}}' {name}) && "
                    f"docker logs --since \"$t\" {name} 2>&1 | grep -E {q(svc.BOOT_LOG_GREP)} || true")
-    return svc.evaluate_boot_log(lines, job.pattern)
+    return svc.evaluate_boot_log(lines, job.pattern, s.tensor_parallel_size)
 
 
 def _mark_good(job: Job, applied: svc.Applied) -> tuple[bool, str]:

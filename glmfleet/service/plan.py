@@ -155,32 +155,62 @@ class BootCheck:
     expected_skips: int
     kv_dtype: str | None
     problems: tuple[str, ...]
+    workers: int = 0  # worker processes whose lines carry a prefix (0: none did)
 
     def describe(self) -> str:
         if self.ok:
-            return f"boot log: {self.skip_lines} indexer-skip lines (= S count), fp8 KV cache"
+            each = f"; the same from each of {self.workers} workers" if self.workers else ""
+            return f"boot log: {self.expected_skips} indexer-skip lines (= S count), fp8 KV cache{each}"
         return "; ".join(self.problems)
 
 
-def evaluate_boot_log(lines: Iterable[str], pattern: str) -> BootCheck:
-    """Check the lines of one boot (grep'ed for BOOT_LOG_GREP) against the index pattern."""
+# A worker process's line prefix: "(Worker_TP0 pid=1356725)", older builds "(VllmWorker rank=0 pid=...)".
+_WORKER = re.compile(r"\((?:Worker_TP(\d+)|VllmWorker rank=(\d+)) pid=\d+\)")
+
+
+def evaluate_boot_log(lines: Iterable[str], pattern: str, workers: int | None = None) -> BootCheck:
+    """Check the lines of one boot (grep'ed for BOOT_LOG_GREP) against the index pattern.
+
+    With tensor parallelism every worker builds the model and logs its own skip lines, each
+    prefixed with the worker's name: then each worker must log one per S (and, given
+    ``workers``, that many workers must). Lines with no worker prefix (one process, or a
+    build that does not prefix) are counted together."""
     skips, dtypes = 0, []
+    per_worker: dict[int, int] = {}
     for line in lines:
         if SKIP_MARK in line:
-            skips += 1
+            m = _WORKER.search(line)
+            if m:
+                rank = int(m.group(1) or m.group(2))
+                per_worker[rank] = per_worker.get(rank, 0) + 1
+            else:
+                skips += 1
         dtypes += _KV_DTYPE.findall(line)
     expected = skip_count(pattern)
     problems = []
-    if skips != expected:
-        problems.append(f"boot log has {skips} '{SKIP_MARK}' lines, expected {expected} (one per S "
-                        "of index_topk_pattern): the indexer pattern did not take effect, long "
-                        "prompts would come out as garbage")
+    if per_worker:
+        total = sum(per_worker.values())
+        wrong = {r: n for r, n in sorted(per_worker.items()) if n != expected}
+        missing = [r for r in range(workers or 0) if r not in per_worker]
+        if wrong or missing:
+            said = ", ".join([f"worker TP{r}: {n}" for r, n in wrong.items()]
+                             + [f"worker TP{r}: none" for r in missing])
+            problems.append(f"boot log has the wrong number of '{SKIP_MARK}' lines ({said}), "
+                            f"expected {expected} from each worker (one per S of "
+                            "index_topk_pattern): the indexer pattern did not take effect, long "
+                            "prompts would come out as garbage")
+    else:
+        total = skips
+        if skips != expected:
+            problems.append(f"boot log has {skips} '{SKIP_MARK}' lines, expected {expected} (one per S "
+                            "of index_topk_pattern): the indexer pattern did not take effect, long "
+                            "prompts would come out as garbage")
     kv = dtypes[-1] if dtypes else None
     if kv is None:
         problems.append("boot log does not say which KV cache dtype is in use (expected fp8)")
     elif not kv.startswith("fp8"):
         problems.append(f"KV cache dtype is {kv}, not fp8: output would be garbage on SM120")
-    return BootCheck(not problems, skips, expected, kv, tuple(problems))
+    return BootCheck(not problems, total, expected, kv, tuple(problems), len(per_worker))
 
 
 def endpoint(bind_address: str, port: int, hostname: str) -> str:

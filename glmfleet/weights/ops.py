@@ -46,7 +46,7 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 from pyinfra.api.exceptions import PyinfraError
 
-from glmfleet import runctx
+from glmfleet import remote, runctx
 from glmfleet.settings import Settings
 from glmfleet.weights import hostbundle
 from glmfleet.upload import atomic_upload
@@ -162,15 +162,11 @@ def _finish(state, h, status: str, detail: str) -> bool:
 
 def _sh(state, h, command: str, stdin: str | None = None, timeout: float | None = None,
         quiet: bool = False):
-    """(ok, stdout lines, stderr text) of one command on host h."""
-    kwargs = {}
-    if stdin is not None:
-        kwargs["_stdin"] = stdin
-    if timeout:
-        kwargs["_timeout"] = timeout
-    ok, out = h.run_shell_command(StringCommand(command), print_input=state.print_input,
-                                  print_output=state.print_output and not quiet, **kwargs)
-    return ok, out.stdout_lines, out.stderr
+    """(ok, stdout lines, stderr text) of one command on host h, run as the run's
+    operations are (sudo and all: glmfleet.remote)."""
+    r = remote.sh(h, command, stdin=stdin, timeout=timeout,
+                  show=False if quiet else None)
+    return r.ok, r.out, r.err
 
 
 def _sha(data: bytes) -> str:
@@ -267,7 +263,7 @@ def _install_bundle(state, host, s, bundle: hostbundle.Bundle, prune: bool) -> b
     upload = f"{paths.pylib}/.{bundle.digest}.tar.gz"
     ok, _, err = _sh(state, h, f"mkdir -p {q(paths.pylib)}")
     if ok:
-        ok = h.put_file(str(bundle.path), upload, print_input=state.print_input)
+        ok = remote.put(h, bundle.path, upload)
         err = err or f"upload of {bundle.path.name} failed"
     if ok:
         cmd = plan.bundle_install_command(paths, bundle.digest, upload, bundle.import_check,
@@ -524,8 +520,11 @@ def _push(state, host, s, manifest: dict, receivers: list[str]) -> bool:  # noqa
     dests, dead = {}, set()
     for n in receivers:
         dirs = {posixpath.dirname(rpaths[n].file(e["path"])) for e, _ in todo}
+        # SFTP writes as the login user: under sudo the incoming dir is handed to that user
+        # (the files are renamed into place, and given the weights dir's owner, by _place).
         ok, _, err = _sh(state, hosts[n], "mkdir -p " + " ".join(q(d) for d in
-                                                                 sorted(dirs | {rpaths[n].incoming})))
+                                                                 sorted(dirs | {rpaths[n].incoming}))
+                         + f" && chown {q(remote.login_user(hosts[n]))} {q(rpaths[n].incoming)}")
         try:
             if not ok:
                 raise RuntimeError(err.strip()[-200:])
@@ -539,7 +538,8 @@ def _push(state, host, s, manifest: dict, receivers: list[str]) -> bool:  # noqa
             names = [n for n in names if n not in dead]
             if not names:
                 continue
-            dead |= _copy_file(source, spaths, entry, {n: (dests[n], rpaths[n]) for n in names})
+            dead |= _copy_file(source, spaths, entry, {n: (dests[n], rpaths[n]) for n in names},
+                               lambda n, tmp, rel: _place(state, hosts[n], rpaths[n], tmp, rel))
             for n in names:
                 if n not in dead:
                     r.pushed[n] = r.pushed.get(n, 0) + entry["size"]
@@ -565,9 +565,19 @@ def _push(state, host, s, manifest: dict, receivers: list[str]) -> bool:  # noqa
     return True
 
 
-def _copy_file(source, spaths, entry: dict, dests: dict) -> set:
-    """Stream one file from the source to every destination; returns the receivers that
-    failed. A failing receiver is dropped without stopping the others."""
+def _place(state, h, rp, tmp: str, rel: str) -> bool:
+    """Rename a copied file into place (as the run's operations would: sudo and all), owned
+    like the weights dir, dropping the Hub client's record of an older copy."""
+    final = rp.file(rel)
+    ok, _, _ = _sh(state, h, f"rm -f {q(rp.client_metadata(rel))} && chown --reference={q(rp.weights_dir)} "
+                             f"{q(tmp)} && mv -f {q(tmp)} {q(final)}")
+    return ok
+
+
+def _copy_file(source, spaths, entry: dict, dests: dict, place) -> set:
+    """Stream one file from the source to every destination, then ``place`` it (name, temp
+    path, rel); returns the receivers that failed. A failing receiver is dropped without
+    stopping the others."""
     rel, size = entry["path"], entry["size"]
     tmp_name = hashlib.sha256(rel.encode()).hexdigest()[:24] + ".part"
     handles, failed = {}, set()
@@ -597,11 +607,8 @@ def _copy_file(source, spaths, entry: dict, dests: dict) -> set:
         sftp, rp = dests[n]
         try:
             f.close()
-            try:
-                sftp.remove(rp.client_metadata(rel))  # the Hub client's record of an older copy
-            except OSError:
-                pass
-            sftp.posix_rename(f"{rp.incoming}/{tmp_name}", rp.file(rel))
+            if not place(n, f"{rp.incoming}/{tmp_name}", rel):
+                failed.add(n)
         except Exception:
             failed.add(n)
     return failed

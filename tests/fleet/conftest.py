@@ -2,8 +2,11 @@
 and pyinfra, on hosts that are Linux namespaces of this machine.
 
     fleet         session-wide Fleet with its apt proxy (created on first use)
-    make_host     factory: make_host(name=None, files=..., shm_size=..., hostfs_size=...)
-                  adds and starts a fresh host; removed again when the test ends
+    make_host     factory: make_host(name=None, files=..., shm_size=..., hostfs_size=...,
+                  suite="bookworm"|"trixie", init="systemd"|"none") adds and starts a fresh
+                  host; removed again when the test ends
+Hosts boot systemd by default and inventories log in as the hosts' sudo user (`_sudo`), as
+real servers are reached; tests about root or the init-less profile ask for them.
     pyinfra_cli   path of the pyinfra command in this venv
 
 Every test under tests/fleet/ gets the ``fleet`` marker (deselect: -m "not fleet").

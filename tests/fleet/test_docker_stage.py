@@ -84,7 +84,9 @@ def hosts(fleet):
     try:
         for name, daemon_json in (("dk-ce", OPERATOR_DAEMON_JSON), ("dk-distro", DIST_DAEMON_JSON),
                                   ("dk-badkey", DIST_DAEMON_JSON)):
-            made[name] = fleet.add_host(name, files={"/etc/docker/daemon.json": json.dumps(daemon_json)})
+            # the init-less profile (dockerd run by glmfleet-dockerd); systemd hosts: test_systemd_hosts.py
+            made[name] = fleet.add_host(name, files={"/etc/docker/daemon.json": json.dumps(daemon_json)},
+                                        init="none")
         fleet.start(*made)
         yield made
     finally:

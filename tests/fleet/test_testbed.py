@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testbed import Fleet
+from testbed import Fleet, rootfs
+from testbed.fleet import CGROUP_DIR, cgroup_hierarchies
 from testbed.rootfs import alive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,8 +40,9 @@ def test_host_basics(make_host):
     h = make_host(files={"/etc/glmfleet/hello.txt": "hello", "/usr/local/bin/hi": ("#!/bin/sh\necho hi\n", 0o755)},
                   shm_size="64m", hostfs_size="4m")
     assert h.exec("hostname").stdout.strip() == h.name
-    # sshd is PID 1 of the host's own PID namespace
-    assert h.exec("cat /proc/1/comm").stdout.strip() == "sshd"
+    # systemd is PID 1 of the host's own PID namespace (the default profile); sshd is its unit
+    assert h.exec("cat /proc/1/comm").stdout.strip() == "systemd"
+    assert h.exec("systemctl is-active ssh").stdout.strip() == "active"
     assert h.exec("cat /etc/glmfleet/hello.txt").stdout == "hello"
     assert h.exec("hi").stdout == "hi\n"
     assert (h.root / "etc/glmfleet/hello.txt").read_text() == "hello"
@@ -49,13 +51,38 @@ def test_host_basics(make_host):
     assert h.address in h.exec("ip -4 -o addr show dev eth0").stdout
     assert "default" not in h.exec("ip route").stdout
     assert "64M" in h.exec("df -h /dev/shm").stdout
-    # the machine's cgroup tree is visible (needed for dockerd in a host)
+    # its own cgroup subtree, writable, seen as the root of its cgroup namespace
     assert h.exec("ls /sys/fs/cgroup").stdout.strip()
+    assert ":/init.scope" in h.exec("cat /proc/1/cgroup").stdout
     # the size-limited /mnt fills up like a full disk
     full = h.exec("dd if=/dev/zero of=/mnt/fill bs=1M count=8", check=False)
     assert full.returncode != 0 and "No space left" in full.stderr
+    # the login user (no root rights but passwordless sudo), and root for tests about root
+    r = run(h.ssh_argv("id -un; sudo -n id -un", user=rootfs.LOGIN_USER))
+    assert r.returncode == 0 and r.stdout.split() == [rootfs.LOGIN_USER, "root"], r.stderr
     r = run(h.ssh_argv("id -un"))
     assert r.returncode == 0 and r.stdout.strip() == "root", r.stderr
+
+
+def test_systemd_hosts_debian_12_and_13_side_by_side(make_host):
+    """Several systemd hosts at once, both releases: each boots to a running system with
+    its own cgroups (no host sees another's units), and powers off cleanly."""
+    hosts = [make_host(suite=s) for s in ("bookworm", "trixie", "trixie")]
+    for h, version in zip(hosts, ("12", "13", "13")):
+        assert f'VERSION_ID="{version}"' in h.exec("cat /etc/os-release").stdout
+        state = h.exec("systemctl is-system-running --wait", check=False, timeout=120).stdout.strip()
+        assert state == "running", (h.name, state, h.exec("systemctl --failed", check=False).stdout)
+        pids = h.exec("cat /sys/fs/cgroup/systemd/system.slice/ssh.service/cgroup.procs").stdout.split()
+        assert len(pids) == 1  # its own sshd only: the other hosts' are not in its tree
+        assert h.exec(f"cat /proc/{pids[0]}/comm").stdout.strip() == "sshd"
+
+
+def test_initless_profile(make_host):
+    h = make_host(init="none")
+    assert h.exec("cat /proc/1/comm").stdout.strip() == "sshd"
+    assert not (h.root / "run/systemd/system").exists()
+    r = run(h.ssh_argv("sudo -n true", user=rootfs.LOGIN_USER))
+    assert r.returncode == 0, r.stderr
 
 
 def test_pyinfra_apt_and_files_on_three_hosts(fleet, make_host, pyinfra_cli, tmp_path):
@@ -114,6 +141,9 @@ def _leftovers(prefix: str, workdir: Path, veths, pids) -> list[str]:
     left += [f"pid {pid}" for pid, start in pids if alive(pid, start)]
     if workdir.exists():
         left.append(f"dir {workdir}")
+    for _, mount, own in cgroup_hierarchies():  # each host's cgroup subtree
+        d = Path(f"{mount}{own.rstrip('/')}/{CGROUP_DIR}")
+        left += [f"cgroup {p}" for p in d.glob(f"{prefix}-*")]
     return left
 
 

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def test_launch_starts_waits_smoke_tests_and_prints_ready(make_kit):
     assert f"Endpoint : http://localhost:{kit.settings.port}/v1" in res.stdout
     assert './chat.sh "' in res.stdout
     # The container ran the kit's serve.sh, which handed vLLM the 57-S index pattern.
-    assert kit.container_log().count(SKIP_LINE) == 57
+    assert _skips_per_worker(kit.container_log()) == {f"Worker_TP{r}": 57 for r in range(4)}
     # The monitor was started and forwards the container log.
     wait_for("monitor.pid", lambda: (kit.dir / "logs" / "monitor.pid").exists())
     wait_for("serve.log to hold the boot log",
@@ -224,7 +225,7 @@ def test_monitor_follows_the_fake_vllm_log(served_kit):
         assert res.returncode == 0
         wait_for("a decode peak from the server's throughput lines",
                  lambda: (served_kit.peaks() or {}).get("peak_decode_tps", 0) > 0)
-        wait_for("the boot log in serve.log", lambda: _serve_log(served_kit).count(SKIP_LINE) == 57)
+        wait_for("the boot log in serve.log", lambda: _skips_per_worker(_serve_log(served_kit)).get("Worker_TP3") == 57)
     finally:
         served_kit.stop_monitor()
 
@@ -292,6 +293,15 @@ def test_fake_vllm_boot_failure_exits_non_zero():
                 env={"FAKE_VLLM_FAIL": "boot"})
     assert res.returncode == 1
     assert "EngineCore failed to start" in res.stdout
+
+
+def _skips_per_worker(log: str) -> dict[str, int]:
+    """Skip lines per tensor-parallel worker: real vLLM prefixes each worker's lines
+    "(Worker_TP<rank> pid=N)" and every worker logs its own."""
+    out: dict[str, int] = {}
+    for m in re.finditer(r"\((Worker_TP\d+) pid=\d+\) .*" + re.escape(SKIP_LINE), log):
+        out[m.group(1)] = out.get(m.group(1), 0) + 1
+    return out
 
 
 def test_fake_vllm_skip_lines_follow_the_pattern_or_the_fault(tmp_path):

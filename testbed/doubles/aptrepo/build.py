@@ -5,20 +5,27 @@ throwaway key made at build time.
 What is real and what is not (the deploy must not be able to tell from apt's side):
   * apt sees real, signed repositories (InRelease, Release + Release.gpg, Packages,
     Packages.gz, SHA256 sums) and real Depends/Conflicts/Provides between the packages.
-  * docker-ce, docker-ce-cli and containerd.io carry REAL engine binaries: Debian 12's
-    dockerd/docker-proxy, docker CLI, containerd + runc shim and runc, repackaged. So the
-    deploy installs them with apt and starts a real dockerd. Their versions say 20.10.24,
-    because that is the engine inside.
-  * docker-buildx-plugin and docker-compose-plugin are small CLI plugins that answer
-    `version` only (the real plugins are not in Debian 12).
+  * One suite per Debian release, each carrying THAT release's binaries only (a Debian 12
+    host never gets Debian 13's):
+    - trixie (Debian 13): docker-ce, docker-ce-cli, containerd.io, docker-compose-plugin and
+      docker-buildx-plugin carry Debian 13's REAL binaries: dockerd 26.1, the docker CLI,
+      containerd 1.7 + runc, and the real compose v2 and buildx CLI plugins. So the default
+      docker-ce path installs and runs a real engine and a real `docker compose`.
+    - bookworm (Debian 12): the engine packages carry Debian 12's dockerd 20.10 and friends;
+      docker-buildx-plugin and docker-compose-plugin are small CLI plugins that answer
+      `version` only (Debian 12 packages neither).
+    The versions say what is inside (5:26.1.5-1~debian.13~trixie, 5:20.10.24-1~debian.12~bookworm).
+    docker-ce and containerd.io ship systemd units (docker.service, containerd.service) and,
+    like the real packages, enable and start them on systemd hosts.
   * The four NVIDIA Container Toolkit packages ship stand-ins: nvidia-ctk edits daemon.json
     the way the real one does; the hook/runtime/cli exist where the real ones are but
     cannot drive a GPU (there is none). Published at two versions, 1.17.8-1 and 1.18.0-1,
     with the real dependency rules of each (1.17: libs >=, 1.18: libs =).
 
-The Debian binaries come from this machine's own apt (`apt-get download`). The result is
-cached under the testbed cache root, keyed by a hash of this builder, the stand-ins and the
-Debian package versions; a build takes a few seconds, a cached one none.
+The Debian binaries are fetched with apt from this machine's Debian mirror, with a private
+apt state per release (lists kept in the cache). The result is cached under the testbed cache
+root, keyed by a hash of this builder, the stand-ins and the Debian package versions; a build
+takes a minute, a cached one none.
 """
 
 from __future__ import annotations
@@ -39,14 +46,54 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 STANDINS = HERE / "standins"
-BUILD_VERSION = 1  # bump when the layout changes in a way the input hash cannot see
+BUILD_VERSION = 2  # bump when the layout changes in a way the input hash cannot see
 
 ARCH = "amd64"
-DOCKER_SUITE = "bookworm"  # the simulated hosts are Debian 12
-DOCKER_VERSION = f"5:20.10.24-1~debian.12~{DOCKER_SUITE}"  # the engine inside is Debian's 20.10.24
-CONTAINERD_VERSION = "1.6.20-1"
-BUILDX_VERSION = f"0.10.5-1~debian.12~{DOCKER_SUITE}"
-COMPOSE_VERSION = f"2.20.2-1~debian.12~{DOCKER_SUITE}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """Docker's packages for one Debian release, made of that release's own binaries."""
+
+    name: str
+    debian: str        # "12"
+    docker: str        # docker-ce / docker-ce-cli version
+    containerd: str    # containerd.io version
+    buildx: str
+    compose: str
+    # Debian package -> [(path in its .deb, path in our package)]
+    binaries: dict
+    real_plugins: bool  # the compose/buildx packages carry the real plugins
+
+
+SUITES = {
+    "bookworm": Suite(
+        "bookworm", "12", "5:20.10.24-1~debian.12~bookworm", "1.6.20-1",
+        "0.10.5-1~debian.12~bookworm", "2.20.2-1~debian.12~bookworm",
+        {"docker.io": [("usr/sbin/dockerd", "usr/bin/dockerd"), ("usr/sbin/docker-proxy", "usr/bin/docker-proxy"),
+                       ("usr/bin/docker", "usr/bin/docker")],
+         "containerd": [("usr/bin/containerd", "usr/bin/containerd"),
+                        ("usr/bin/containerd-shim-runc-v2", "usr/bin/containerd-shim-runc-v2")],
+         "runc": [("usr/sbin/runc", "usr/bin/runc")],
+         "tini": [("usr/bin/tini-static", "usr/bin/docker-init")]},  # docker-ce ships tini as docker-init
+        real_plugins=False),
+    "trixie": Suite(
+        "trixie", "13", "5:26.1.5-1~debian.13~trixie", "1.7.24-1",
+        "0.13.1-1~debian.13~trixie", "2.26.1-1~debian.13~trixie",
+        {"docker.io": [("usr/sbin/dockerd", "usr/bin/dockerd"), ("usr/sbin/docker-proxy", "usr/bin/docker-proxy")],
+         "docker-cli": [("usr/bin/docker", "usr/bin/docker")],
+         "tini": [("usr/bin/tini-static", "usr/bin/docker-init")],
+         "containerd": [("usr/bin/containerd", "usr/bin/containerd"),
+                        ("usr/bin/containerd-shim-runc-v2", "usr/bin/containerd-shim-runc-v2")],
+         "runc": [("usr/sbin/runc", "usr/bin/runc")],
+         "docker-compose": [("usr/libexec/docker/cli-plugins/docker-compose",
+                             "usr/libexec/docker/cli-plugins/docker-compose")],
+         "docker-buildx": [("usr/libexec/docker/cli-plugins/docker-buildx",
+                            "usr/libexec/docker/cli-plugins/docker-buildx")]},
+        real_plugins=True),
+}
+DOCKER_SUITE = "bookworm"  # the Debian 12 hosts' suite (kept for the tests that pin it)
+DOCKER_VERSION = SUITES["bookworm"].docker
 TOOLKIT_VERSIONS = ("1.17.8-1", "1.18.0-1")
 
 # Paths of the two repositories inside the served tree, mirroring the real URLs:
@@ -55,15 +102,63 @@ DOCKER_ROOT = "linux/debian"
 NVIDIA_ROOT = "libnvidia-container"
 NVIDIA_FLAT = f"{NVIDIA_ROOT}/stable/deb/{ARCH}"
 
-# Debian packages whose binaries go into the stand-ins: {package: [(path in .deb, path in stand-in)]}
-DEBIAN_BINARIES = {
-    "docker.io": [("usr/sbin/dockerd", "usr/bin/dockerd"), ("usr/sbin/docker-proxy", "usr/bin/docker-proxy"),
-                  ("usr/bin/docker", "usr/bin/docker")],
-    "containerd": [("usr/bin/containerd", "usr/bin/containerd"),
-                   ("usr/bin/containerd-shim-runc-v2", "usr/bin/containerd-shim-runc-v2")],
-    "runc": [("usr/sbin/runc", "usr/bin/runc")],
-    "tini": [("usr/bin/tini-static", "usr/bin/docker-init")],  # docker-ce ships tini as docker-init
-}
+# systemd units, where Docker's packages put them (the binaries are in /usr/bin there).
+DOCKER_UNIT = b"""\
+[Unit]
+Description=Docker Application Container Engine (glmfleet TEST DOUBLE package, real dockerd)
+After=network-online.target containerd.service
+Wants=network-online.target containerd.service
+
+[Service]
+Type=notify
+ExecStart=/usr/bin/dockerd --containerd=/run/containerd/containerd.sock
+ExecReload=/bin/kill -s HUP $MAINPID
+Restart=always
+RestartSec=2
+TimeoutStartSec=120
+LimitNOFILE=infinity
+TasksMax=infinity
+Delegate=yes
+KillMode=process
+OOMScoreAdjust=-500
+
+[Install]
+WantedBy=multi-user.target
+"""
+CONTAINERD_UNIT = b"""\
+[Unit]
+Description=containerd container runtime (glmfleet TEST DOUBLE package, real containerd)
+After=network.target
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/bin/containerd
+Type=notify
+Delegate=yes
+KillMode=process
+Restart=always
+RestartSec=5
+LimitNOFILE=infinity
+TasksMax=infinity
+OOMScoreAdjust=-999
+
+[Install]
+WantedBy=multi-user.target
+"""
+# Like the real packages: enable and start the units where systemd runs (and create the
+# docker group that owns the API socket).
+_ENABLE_START = """#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+    @GROUP@if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload >/dev/null 2>&1 || true
+        systemctl enable @UNIT@ >/dev/null 2>&1 || true
+        systemctl start @UNIT@ || echo "@UNIT@ did not start: see journalctl -u @UNIT@" >&2
+    fi
+fi
+"""
+_DOCKER_GROUP = ("if ! getent group docker >/dev/null; then groupadd --system docker; fi\n"
+                 "    ")
 
 
 class BuildError(RuntimeError):
@@ -101,30 +196,70 @@ def _log(msg: str) -> None:
 
 # --- Debian inputs ---------------------------------------------------------------------
 
+def _apt_options(suite: str) -> list[str]:
+    """apt options for a private apt state of one Debian release (sources from this machine's
+    mirror; lists kept in the cache), so this machine's own apt is left alone."""
+    from testbed import rootfs
+
+    d = rootfs.cache_root() / f"apt-{suite}"
+    (d / "lists/partial").mkdir(parents=True, exist_ok=True)
+    (d / "cache/archives/partial").mkdir(parents=True, exist_ok=True)
+    m = rootfs.debian_mirrors()
+    lines = [f"deb {m['debian']} {suite} main", f"deb {m['debian']} {suite}-updates main"]
+    if m["security"]:
+        lines.append(f"deb {m['security']} {suite}-security main")
+    (d / "sources.list").write_text("\n".join(lines) + "\n")
+    opts = {"Dir::Etc::SourceList": d / "sources.list", "Dir::Etc::SourceParts": "/dev/null",
+            "Dir::State::Lists": d / "lists", "Dir::Cache": d / "cache",
+            "Dir::State::status": "/dev/null", "APT::Architecture": ARCH}
+    if rootfs.build_inputs()["no_valid_until"]:
+        opts["Acquire::Check-Valid-Until"] = "false"
+    return [a for k, v in opts.items() for a in ("-o", f"{k}={v}")]
+
+
+def _apt_update(suite: str) -> None:
+    _run("apt-get", *_apt_options(suite), "update", "-q")
+
+
 def debian_versions() -> dict[str, str]:
-    """Candidate versions of the Debian packages we take binaries from (part of the cache key)."""
+    """Candidate versions of the Debian packages we take binaries from, per release (part
+    of the cache key). The lists are fetched once, then reused (a build refreshes them)."""
     out = {}
-    for pkg in DEBIAN_BINARIES:
-        p = subprocess.run(["apt-cache", "policy", pkg], capture_output=True, text=True)
-        cand = [ln.split(":", 1)[1].strip() for ln in p.stdout.splitlines() if "Candidate:" in ln]
-        if not cand or cand[0] in ("", "(none)"):
-            raise BuildError(f"apt on this machine has no candidate for {pkg}: run `apt-get update` "
-                             "(the repository double repackages Debian's engine binaries)")
-        out[pkg] = cand[0]
+    for suite in SUITES.values():
+        opts = _apt_options(suite.name)
+        for attempt in (0, 1):
+            p = subprocess.run(["apt-cache", *opts, "policy", *suite.binaries], capture_output=True, text=True)
+            cands, pkg = {}, None
+            for ln in p.stdout.splitlines():
+                if ln and not ln[0].isspace() and ln.endswith(":"):
+                    pkg = ln[:-1]
+                elif "Candidate:" in ln and pkg:
+                    cands[pkg] = ln.split(":", 1)[1].strip()
+            if all(cands.get(k) not in (None, "", "(none)") for k in suite.binaries):
+                break
+            if attempt:
+                raise BuildError(f"Debian {suite.debian} ({suite.name}) has no candidate for "
+                                 f"{sorted(set(suite.binaries) - set(cands))} on this machine's mirror")
+            _apt_update(suite.name)
+        out.update({f"{suite.name}/{k}": v for k, v in cands.items()})
     return out
 
 
-def _fetch_debian_binaries(work: Path) -> Path:
-    """apt-get download the Debian packages and unpack them; returns the unpack root."""
-    dl = work / "debian-debs"
+def _fetch_debian_binaries(work: Path, suite: Suite) -> Path:
+    """apt-get download one release's packages and unpack them; returns the unpack root."""
+    dl = work / f"debian-debs-{suite.name}"
     dl.mkdir()
     # _apt downloads into the directory (apt's sandbox); give it the directory.
     try:
         shutil.chown(dl, user="_apt")
     except (LookupError, PermissionError):
         pass
-    _run("apt-get", "download", "-q", *DEBIAN_BINARIES, cwd=dl)
-    root = work / "debian-root"
+    try:
+        _run("apt-get", *_apt_options(suite.name), "download", "-q", *suite.binaries, cwd=dl)
+    except BuildError:  # stale lists (the mirror moved on): refresh once
+        _apt_update(suite.name)
+        _run("apt-get", *_apt_options(suite.name), "download", "-q", *suite.binaries, cwd=dl)
+    root = work / f"debian-root-{suite.name}"
     for deb in sorted(dl.glob("*.deb")):
         _run("dpkg-deb", "-x", deb, root)
     return root
@@ -181,37 +316,44 @@ def _standin(name: str, **subst: str) -> bytes:
     return text.encode()
 
 
-def _docker_packages(bins: Path) -> list[Pkg]:
-    b = {dst: (bins / src, 0o755) for pkg in DEBIAN_BINARIES.values() for src, dst in pkg}
+def _docker_packages(bins: Path, suite: Suite) -> list[Pkg]:
+    b = {dst: (bins / src, 0o755) for pkg in suite.binaries.values() for src, dst in pkg}
+    engine = suite.docker.split(":")[1].split("-")[0]
     note = ("TEST DOUBLE (glmfleet testbed): stand-in for Docker's package of the same name,\n"
-            " carrying Debian 12's engine binaries (20.10.24) repackaged.")
+            f" carrying Debian {suite.debian}'s binaries ({engine}) repackaged.")
     plugins = []
-    for pkg, plugin, title, version in (("docker-buildx-plugin", "buildx", "github.com/docker/buildx", BUILDX_VERSION),
-                                        ("docker-compose-plugin", "compose", "Docker Compose", COMPOSE_VERSION)):
-        upstream = version.split("-")[0]
-        plugins.append(Pkg(pkg, version, f"{title} CLI plugin\n TEST DOUBLE (glmfleet testbed): answers `version` only.",
-                           {f"usr/libexec/docker/cli-plugins/docker-{plugin}":
-                            (_standin("docker-cli-plugin", PLUGIN=plugin, PACKAGE=pkg, VERSION=upstream, TITLE=title), 0o755)}))
+    for pkg, plugin, title, version in (("docker-buildx-plugin", "buildx", "github.com/docker/buildx", suite.buildx),
+                                        ("docker-compose-plugin", "compose", "Docker Compose", suite.compose)):
+        path = f"usr/libexec/docker/cli-plugins/docker-{plugin}"
+        if suite.real_plugins:
+            plugins.append(Pkg(pkg, version, f"{title} CLI plugin\n {note}", {path: b[path]}))
+        else:
+            upstream = version.split("-")[0]
+            plugins.append(Pkg(pkg, version, f"{title} CLI plugin\n TEST DOUBLE (glmfleet testbed): answers `version` only.",
+                               {path: (_standin("docker-cli-plugin", PLUGIN=plugin, PACKAGE=pkg, VERSION=upstream,
+                                                TITLE=title), 0o755)}))
+    units = "lib/systemd/system"
     return [
-        Pkg("docker-ce", DOCKER_VERSION, f"Docker: the open-source application container engine\n {note}",
-            {k: v for k, v in b.items() if k in ("usr/bin/dockerd", "usr/bin/docker-proxy", "usr/bin/docker-init")},
-            {"Depends": "containerd.io (>= 1.6.4), docker-ce-cli, iptables, libc6, libdevmapper1.02.1, libsystemd0",
+        Pkg("docker-ce", suite.docker, f"Docker: the open-source application container engine\n {note}",
+            {**{k: v for k, v in b.items() if k in ("usr/bin/dockerd", "usr/bin/docker-proxy", "usr/bin/docker-init")},
+             f"{units}/docker.service": (DOCKER_UNIT, 0o644)},
+            {"Depends": f"containerd.io (>= 1.6.4), docker-ce-cli, iptables, libc6, libsystemd0"
+                        f"{', libdevmapper1.02.1' if suite.name == 'bookworm' else ''}",
              "Conflicts": "docker (<< 1.5~), docker-engine, docker.io", "Replaces": "docker-engine"},
-            # like the real package: the docker group that owns the API socket; no service
-            # start (the real one starts docker.service on systemd hosts; these have none)
-            postinst="#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && ! getent group docker >/dev/null; then\n"
-                     "    groupadd --system docker\nfi\n"),
-        Pkg("docker-ce-cli", DOCKER_VERSION, f"Docker CLI: the open-source application container engine\n {note}",
+            postinst=_ENABLE_START.replace("@UNIT@", "docker.service").replace("@GROUP@", _DOCKER_GROUP)),
+        Pkg("docker-ce-cli", suite.docker, f"Docker CLI: the open-source application container engine\n {note}",
             {"usr/bin/docker": b["usr/bin/docker"]},
             {"Depends": "libc6", "Conflicts": "docker (<< 1.5~), docker-engine, docker.io",
              "Replaces": "docker-engine"}),
-        Pkg("containerd.io", CONTAINERD_VERSION, f"An open and reliable container runtime\n {note}",
+        Pkg("containerd.io", suite.containerd, f"An open and reliable container runtime\n {note}",
             {"usr/bin/containerd": b["usr/bin/containerd"],
              "usr/bin/containerd-shim-runc-v2": b["usr/bin/containerd-shim-runc-v2"],
              "usr/bin/runc": b["usr/bin/runc"],
-             "etc/containerd/config.toml": (b'disabled_plugins = ["cri"]\n', 0o644)},
+             "etc/containerd/config.toml": (b'disabled_plugins = ["cri"]\n', 0o644),
+             f"{units}/containerd.service": (CONTAINERD_UNIT, 0o644)},
             {"Depends": "libc6, libseccomp2", "Conflicts": "containerd, runc",
-             "Replaces": "containerd, runc", "Provides": "containerd, runc"}),
+             "Replaces": "containerd, runc", "Provides": "containerd, runc"},
+            postinst=_ENABLE_START.replace("@UNIT@", "containerd.service").replace("@GROUP@", "")),
         *plugins,
     ]
 
@@ -320,24 +462,27 @@ def _build(dest: Path) -> BuiltRepo:
     work = Path(tempfile.mkdtemp(prefix="aptrepo-", dir="/tmp"))  # short: gpg-agent socket paths
     signers = []
     try:
-        bins = _fetch_debian_binaries(work)
         www = dest / "www"
         docker = Signer(work / "g-docker", "Docker CE deb TEST DOUBLE <docker-double@glmfleet.invalid>")
         nvidia = Signer(work / "g-nvidia", "NVIDIA toolkit TEST DOUBLE <nvidia-double@glmfleet.invalid>")
         wrong = Signer(work / "g-wrong", "Someone else's key TEST DOUBLE <wrong@glmfleet.invalid>")
         signers = [docker, nvidia, wrong]
 
-        # Docker: <root>/dists/<suite>/stable/binary-<arch>/Packages, debs in <root>/pool/stable/<arch>/
+        # Docker, per release: <root>/dists/<suite>/stable/binary-<arch>/Packages, debs in
+        # <root>/dists/<suite>/pool/stable/<arch>/ (as download.docker.com lays them out).
         droot = www / DOCKER_ROOT
-        pool = droot / "pool" / "stable" / ARCH
-        debs = [_build_deb(p, pool, work) for p in _docker_packages(bins)]
-        suite_dir = droot / "dists" / DOCKER_SUITE
-        idx = _write_index(suite_dir / "stable" / f"binary-{ARCH}", _packages_index(debs, droot))
-        rel = _release(suite_dir, idx, {"Origin": "Docker", "Label": "Docker CE (glmfleet TEST DOUBLE)",
-                                        "Suite": DOCKER_SUITE, "Codename": DOCKER_SUITE,
-                                        "Architectures": ARCH, "Components": "stable",
-                                        "Description": "TEST DOUBLE of Docker's apt repository"})
-        docker.sign_release(rel)
+        for suite in SUITES.values():
+            bins = _fetch_debian_binaries(work, suite)
+            suite_dir = droot / "dists" / suite.name
+            debs = [_build_deb(p, suite_dir / "pool" / "stable" / ARCH, work)
+                    for p in _docker_packages(bins, suite)]
+            shutil.rmtree(bins)
+            idx = _write_index(suite_dir / "stable" / f"binary-{ARCH}", _packages_index(debs, droot))
+            rel = _release(suite_dir, idx, {"Origin": "Docker", "Label": "Docker CE (glmfleet TEST DOUBLE)",
+                                            "Suite": suite.name, "Codename": suite.name,
+                                            "Architectures": ARCH, "Components": "stable",
+                                            "Description": "TEST DOUBLE of Docker's apt repository"})
+            docker.sign_release(rel)
         docker.export(droot / "gpg")
 
         # NVIDIA: one flat repository per architecture (suite "/"), key at <root>/gpgkey.

@@ -88,9 +88,11 @@ def record(event: str, **fields) -> None:
             f.write(json.dumps({"event": event, **fields}) + "\n")
 
 
-def log(level: str, message: str) -> None:
-    print(f"(APIServer pid={os.getpid()}) {level} {time.strftime('%m-%d %H:%M:%S')} "
-          f"[fake_vllm.py] {message}", flush=True)
+def log(level: str, message: str, process: str | None = None) -> None:
+    """One line as vLLM prints it: prefixed with the process, "(APIServer pid=N)" or, for
+    what each tensor-parallel worker logs, "(Worker_TP<rank> pid=N)"."""
+    process = process or f"APIServer pid={os.getpid()}"
+    print(f"({process}) {level} {time.strftime('%m-%d %H:%M:%S')} [fake_vllm.py] {message}", flush=True)
 
 
 # --- command line --------------------------------------------------------------------------
@@ -364,8 +366,14 @@ def boot_log(cfg: argparse.Namespace) -> None:
     wrong = os.environ.get("FAKE_VLLM_WRONG_SKIPS")
     if wrong is not None:
         skips = list(range(int(wrong)))
-    for layer in skips:
-        log("INFO", f"{SKIP_LINE} for layer {layer} (pattern {pattern[layer] if layer < len(pattern) else '?'})")
+    # Every worker builds its shard of the model and logs its own skip lines, as real vLLM
+    # does at tensor parallelism > 1 (one process per GPU; the double runs one process).
+    tp = cfg.tensor_parallel_size or 1
+    for rank in range(tp):
+        worker = f"Worker_TP{rank} pid={os.getpid() + 1 + rank}" if tp > 1 else None
+        for layer in skips:
+            log("INFO", f"{SKIP_LINE} for layer {layer} "
+                        f"(pattern {pattern[layer] if layer < len(pattern) else '?'})", worker)
     if cfg.speculative_config:
         log("INFO", f"speculative decoding: {json.dumps(cfg.speculative_config)}")
     log("INFO", f"compilation config: {json.dumps(cfg.compilation_config)}; "

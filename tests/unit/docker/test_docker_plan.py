@@ -251,6 +251,16 @@ def test_distribution_packages_and_their_compose(facts, compose):
     assert pinned == ["docker.io=24.0.7-0ubuntu4", compose]
 
 
+def test_debian_13_distribution_packages_name_the_cli_too():
+    """Debian 13's docker.io carries no `docker` CLI (docker-cli does); its docker-compose is
+    the v2 plugin."""
+    os_ = host_os(DEBIAN_12_BARE.replace('VERSION_ID="12"', 'VERSION_ID="13"')
+                  .replace("bookworm", "trixie"))
+    assert os_.version_id == "13"
+    assert plan.docker_packages(os_, settings(docker_packages="distro")) == [
+        "docker.io", "docker-cli", "docker-compose"]
+
+
 def test_toolkit_pin_applies_to_all_four_packages():
     assert plan.toolkit_packages(settings()) == list(plan.TOOLKIT_PACKAGES)
     assert plan.toolkit_packages(settings(nvidia_toolkit_version="1.17.8-1")) == [

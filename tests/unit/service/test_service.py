@@ -149,6 +149,29 @@ def test_wrong_skip_count_fails():
     assert not svc.evaluate_boot_log(_boot(0, "kv_cache_dtype=fp8"), DEFAULT_PATTERN).ok
 
 
+def _workers(counts: list[int]) -> list[str]:
+    """Skip lines as real vLLM logs them at TP len(counts): each worker's prefixed."""
+    return [f"(Worker_TP{rank} pid={1000 + rank}) INFO [gpu_model_runner.py] Using "
+            f"index_topk_pattern/index_topk_freq to {svc.SKIP_MARK} for layer {i}"
+            for rank, n in enumerate(counts) for i in range(n)] + ["(APIServer pid=9) kv_cache_dtype=fp8"]
+
+
+def test_skip_lines_are_counted_per_worker():
+    check = svc.evaluate_boot_log(_workers([57] * 4), DEFAULT_PATTERN, workers=4)
+    assert check.ok and check.workers == 4, check.problems
+    assert "57 indexer-skip lines (= S count)" in check.describe() and "4 workers" in check.describe()
+    check = svc.evaluate_boot_log(_workers([57, 57, 56, 57]), DEFAULT_PATTERN, workers=4)
+    assert not check.ok and "worker TP2: 56" in check.describe() and "expected 57 from each" in check.describe()
+    # a worker that logged none at all (it would otherwise go unseen)
+    check = svc.evaluate_boot_log(_workers([57, 57, 57]), DEFAULT_PATTERN, workers=4)
+    assert not check.ok and "worker TP3: none" in check.describe()
+    # older builds' prefix
+    old = [ln.replace("Worker_TP", "VllmWorker rank=") for ln in _workers([57, 56])]
+    assert "worker TP1: 56" in svc.evaluate_boot_log(old, DEFAULT_PATTERN).describe()
+    # no prefixes at all (one process): 57 in all passes
+    assert svc.evaluate_boot_log(_boot(57, "kv_cache_dtype=fp8"), DEFAULT_PATTERN, workers=4).ok
+
+
 def test_kv_cache_must_be_fp8():
     check = svc.evaluate_boot_log(_boot(57, "engine config: kv_cache_dtype=auto, seed=0"), DEFAULT_PATTERN)
     assert not check.ok and "KV cache dtype is auto, not fp8" in check.describe()
