@@ -26,6 +26,58 @@ def short_image(image: str | None) -> str:
     return f"{repo.rsplit('/', 1)[-1]}:{clip(tag, 24)}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """A readiness-table entry made outside the preflight checks (an unreachable host)."""
+
+    name: str
+    status: str
+    reason: str
+    remedy: str = ""
+
+
+# pyinfra's SSH connector says "<what> (<error>)"; the operator needs which of these it was.
+_SSH_KINDS = (
+    (("Authentication error",), "SSH authentication failed",
+     "check ssh_user and ssh_key (the key must be in the user's authorized_keys)"),
+    (("Could not resolve hostname",), "SSH: the host name does not resolve (DNS)",
+     "check ssh_hostname (or DNS / /etc/hosts on this machine)"),
+    (("Connection refused",), "SSH connection refused",
+     "is sshd running on the host, and is ssh_port right?"),
+    (("timed out", "Timeout"), "SSH connection timed out",
+     "is the host up and reachable from here (network, firewall, ssh_hostname)?"),
+    (("host key",), "SSH host key mismatch",
+     "the host's key changed: check it, then update known_hosts"),
+    (("No route to host", "Network is unreachable"), "SSH: no route to the host",
+     "check the address and the network between this machine and the host"),
+)
+
+
+def ssh_failure(message: str) -> tuple[str, str]:
+    """(reason, remedy) for pyinfra's connection error message."""
+    for needles, what, remedy in _SSH_KINDS:
+        if any(n.lower() in message.lower() for n in needles):
+            return f"unreachable: {what}: {message}", remedy
+    return f"unreachable: {message}", "check ssh_hostname, ssh_port, ssh_user and ssh_key"
+
+
+def ssh_key_problem(key: str, cwd: str) -> str | None:
+    """Why pyinfra could not use this private key file (it tries the path, then from cwd)."""
+    import os
+
+    candidates = [os.path.expanduser(key), os.path.join(cwd, os.path.expanduser(key))]
+    path = next((c for c in candidates if os.path.exists(c)), None)
+    if path is None:
+        return "no such file (the private key pyinfra connects with)"
+    if not os.path.isfile(path):
+        return f"{path} is not a file"
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+
+
 def gpu_summary(gpu: Mapping[str, Any] | None) -> str:
     """'4x NVIDIA RTX PRO 6000 ... (cc 12.0, 95.6 GiB)'; mixed fleets list each kind."""
     if not gpu or gpu.get("error") and not gpu.get("gpus"):

@@ -24,6 +24,27 @@ from glmfleet.settings import Settings, SettingsError, validate_many
 STAGES = ("preflight", "docker", "nvidia_toolkit", "weights", "service")
 
 
+# This project's pyinfra files: deploy.py and the stage files run the deploy (every setting
+# validated); tasks/status.py only reads (no model_revision needed, never prompts). Anything
+# else (pyinfra's own `exec`, `fact`, another deploy) gets no settings validation.
+STATUS_FILE = "tasks/status.py"
+
+
+def run_kind(argv: list[str], cwd: str | None = None) -> str | None:
+    """"status", "deploy" or None, from the pyinfra command line's arguments."""
+    from glmfleet.settings import REPO_ROOT
+
+    kind = None
+    for arg in argv:
+        path = os.path.realpath(os.path.join(cwd or os.getcwd(), arg))
+        rel = os.path.relpath(path, REPO_ROOT)
+        if rel == STATUS_FILE:
+            return "status"
+        if rel == "deploy.py" or (rel.startswith("tasks/") and rel.endswith(".py")):
+            kind = "deploy"
+    return kind
+
+
 class _Run:
     """Per-run registry: one per pyinfra State (tests may run several in one process)."""
 
@@ -36,6 +57,8 @@ class _Run:
         self.stage_state: dict[str, object] = {}  # a stage's own run-wide state (per_run)
         self.preflight_done = False
         self.summary_printed = False
+        self.kind = "deploy"
+        self.unreachable: dict[str, tuple[str, str]] = {}  # host -> (reason, remedy)
 
 
 _RUNS: dict[int, _Run] = {}
@@ -66,7 +89,8 @@ def validate_inventory(state) -> dict[str, Settings]:
         try:
             # Every host this run targets (--limit respected), all problems at once.
             settings = validate_many({h.name: h.data.dict() for h in state.inventory
-                                      if state.is_host_in_limit(h)})
+                                      if state.is_host_in_limit(h)},
+                                     require_revision=run.kind != "status")
         except SettingsError as e:
             raise CliError("invalid settings (nothing was changed, no host was contacted):\n"
                            + str(e)) from None
@@ -83,8 +107,35 @@ def validate_inventory(state) -> dict[str, Settings]:
     return run.settings
 
 
+def check_ssh_keys(state) -> None:
+    """A missing or unreadable ssh_key is a settings error naming the host and the path,
+    before any connection (pyinfra itself would fail inside the connection, with a traceback)."""
+    problems = []
+    for h in state.inventory:
+        key = h.data.get("ssh_key")
+        if not key or not state.is_host_in_limit(h):
+            continue
+        problem = report.ssh_key_problem(str(key), state.cwd or os.getcwd())
+        if problem:
+            problems.append(f"{h.name}: setting 'ssh_key' = {str(key)!r}: {problem}")
+    if problems:
+        raise CliError("invalid settings (nothing was changed, no host was contacted):\n"
+                       + "\n".join(problems))
+
+
 class RunCallbacks(BaseStateCallback):
-    """Registered from config.py: the fleet summary at the end of the run."""
+    """Registered from config.py: unreachable hosts recorded with their SSH reason, the fleet
+    summary at the end of the run."""
+
+    @staticmethod
+    def host_connect_error(state, host, error):
+        run = run_for(state)
+        reason, remedy = report.ssh_failure(str(error.args[0] if error.args else error))
+        run.unreachable[host.name] = (reason, remedy)
+        if run.kind == "deploy":
+            run.preflight[host.name] = {"verdict": "FAIL", "facts": {},
+                                        "checks": [report.Finding("ssh", "FAIL", reason, remedy)]}
+            record(host.name, "preflight", "FAIL", reason, state)
 
     @staticmethod
     def host_disconnect(state, host):
@@ -115,6 +166,16 @@ def install_callbacks(state, settings_hooks=()) -> None:
     def init(*args, **kwargs):
         original_init(*args, **kwargs)
         state.add_callback_handler(RunCallbacks())
+        check_ssh_keys(state)
+        kind = run_kind(sys.argv[1:], state.cwd)
+        if kind is None:
+            return  # not this project's deploy: pyinfra's own `exec`, `fact`, ...
+        run_for(state).kind = kind
+        if kind == "status":
+            # Read-only and scriptable (cron, CI): no prompt on a failed host (pyinfra asks
+            # without -y); the status table names every host, the exit status sums it up.
+            state.__dict__.pop("should_raise_failed_hosts", None)
+            state.config.FAIL_PERCENT = None
         validate_inventory(state)  # here, outside any greenlet: a clean error, no traceback
 
     state.init = init

@@ -99,6 +99,8 @@ class Site:
                                        revision=DEFAULT_REVISION, host=h.gateway, port=0).start())
             data[name] = {**self.apt_repo.settings(h.gateway), "docker_packages": "distro",
                           "model_revision": DEFAULT_REVISION, "hf_endpoint": self.hubs[-1].url,
+                          # one key for the site's API, kept beside its inventory
+                          "api_key": "generate", "api_key_file": str(self.work / "api-key"),
                           "weights_dir": "/srv/glm/weights",
                           "preflight_report": str(self.work / "preflight-report.json")}
         self.inventory = self.fleet.write_inventory(self.work / "inventory.py",

@@ -22,7 +22,7 @@ from typing import Mapping
 import jinja2
 
 from glmfleet.kit.index_pattern import check_pattern
-from glmfleet.settings import REPO_ROOT, Settings
+from glmfleet.settings import API_KEY_OPEN, REPO_ROOT, Settings
 
 FILES_DIR = REPO_ROOT / "files"
 
@@ -87,7 +87,7 @@ def env_values(settings: Settings, pattern: str) -> dict[str, str]:
         "MODEL_PATH": settings.weights_dir,
         "BIND_HOST": settings.bind_address,
         "PORT": str(settings.port),
-        "API_KEY": settings.api_key or "",
+        "API_KEY": "" if settings.api_key in (None, API_KEY_OPEN) else settings.api_key,
         "SERVED_MODEL_NAMES": ",".join(settings.served_names),
         "ENABLE_THINKING": _flag(settings.enable_thinking),
         "TP": str(settings.tensor_parallel_size),

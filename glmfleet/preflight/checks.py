@@ -13,7 +13,7 @@ import ipaddress
 from typing import Any, Iterable, Mapping
 
 from glmfleet.preflight import cuda
-from glmfleet.settings import DCP1_MAX_MODEL_LEN, Settings
+from glmfleet.settings import API_KEY_OPEN, DCP1_MAX_MODEL_LEN, Settings
 
 GIB = 2**30
 # The recipe's size of the checkpoint (~313 GB on disk), used until the Hub manifest gives
@@ -343,11 +343,14 @@ def check_api_exposure(settings: Settings) -> Check:
         loopback = False
     if loopback:
         return Check("api_exposure", PASS, f"API bound to loopback ({addr})")
-    if settings.api_key:
+    if settings.api_key is None:
+        return Check("api_exposure", PASS, f"API on {addr}:{settings.port}: api_key unset, the key "
+                     "the host has is kept (a host without one is refused by the service stage)")
+    if settings.api_key != API_KEY_OPEN:
         return Check("api_exposure", PASS, f"API on {addr}:{settings.port} requires an API key")
-    return Check("api_exposure", WARN, f"API on {addr}:{settings.port} with no api_key: anyone who "
-                                       "reaches the host can use it",
-                 "set api_key, or bind_address = 127.0.0.1 behind a proxy or firewall")
+    return Check("api_exposure", WARN, f'API on {addr}:{settings.port} with api_key = "open": anyone '
+                                       "who reaches the host can use it",
+                 'set api_key = "generate", or bind_address = 127.0.0.1 behind a proxy or firewall')
 
 
 def check_iommu(host: Mapping[str, Any]) -> Check:
