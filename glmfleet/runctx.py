@@ -19,30 +19,9 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra_cli.exceptions import CliError
 
 from glmfleet import report
-from glmfleet.settings import Settings, SettingsError, validate_many
+from glmfleet.settings import Settings, SettingsError, run_kind, validate_many
 
 STAGES = ("preflight", "docker", "nvidia_toolkit", "weights", "service")
-
-
-# This project's pyinfra files: deploy.py and the stage files run the deploy (every setting
-# validated); tasks/status.py only reads (no model_revision needed, never prompts). Anything
-# else (pyinfra's own `exec`, `fact`, another deploy) gets no settings validation.
-STATUS_FILE = "tasks/status.py"
-
-
-def run_kind(argv: list[str], cwd: str | None = None) -> str | None:
-    """"status", "deploy" or None, from the pyinfra command line's arguments."""
-    from glmfleet.settings import REPO_ROOT
-
-    kind = None
-    for arg in argv:
-        path = os.path.realpath(os.path.join(cwd or os.getcwd(), arg))
-        rel = os.path.relpath(path, REPO_ROOT)
-        if rel == STATUS_FILE:
-            return "status"
-        if rel == "deploy.py" or (rel.startswith("tasks/") and rel.endswith(".py")):
-            kind = "deploy"
-    return kind
 
 
 class _Run:

@@ -8,6 +8,7 @@ together so an operator fixes them in one go.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -321,6 +322,25 @@ def _is_ours(key: str) -> bool:
     if key.startswith("docker_") and key not in PYINFRA_DOCKER_KEYS:
         return True
     return not key.startswith(FOREIGN_KEY_PREFIXES)
+
+
+# This project's pyinfra files: deploy.py and the stage files run the deploy (every setting
+# validated); tasks/status.py only reads (no model_revision needed, never prompts). Anything
+# else (pyinfra's own `exec`, `fact`, another deploy) gets no settings validation.
+STATUS_FILE = "tasks/status.py"
+
+
+def run_kind(argv: list[str], cwd: str | None = None) -> str | None:
+    """"status", "deploy" or None, from the pyinfra command line's arguments."""
+    kind = None
+    for arg in argv:
+        path = os.path.realpath(os.path.join(cwd or os.getcwd(), arg))
+        rel = os.path.relpath(path, REPO_ROOT)
+        if rel == STATUS_FILE:
+            return "status"
+        if rel == "deploy.py" or (rel.startswith("tasks/") and rel.endswith(".py")):
+            kind = "deploy"
+    return kind
 
 
 def validate(host: str, data: Mapping[str, Any], require_revision: bool = True) -> Settings:

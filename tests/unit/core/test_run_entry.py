@@ -1,0 +1,73 @@
+"""What a pyinfra run of this project checks before it connects: settings only for this
+project's deploy files (pyinfra's own `exec` works ad hoc), the ssh_key file of every host,
+and how an unreachable host is described (the real pyinfra CLI, no host needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from glmfleet import report
+
+REPO = Path(__file__).resolve().parents[3]
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+
+
+def pyinfra(tmp_path, hosts: str, *args):
+    inv = tmp_path / "inv.py"
+    inv.write_text(f"hosts = [{hosts}]\n")
+    r = subprocess.run([PYINFRA, "-y", str(inv), *args], cwd=REPO, capture_output=True,
+                       text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_missing_ssh_key_is_a_settings_error_naming_host_and_path(tmp_path):
+    rc, out = pyinfra(tmp_path, "('gpu-07', {'ssh_hostname': '127.0.0.1', 'ssh_key': '/nonexistent/id_gpu'})",
+                      "deploy.py", "--data", "preflight_only=true")
+    assert rc != 0 and "Traceback" not in out
+    assert "gpu-07: setting 'ssh_key' = '/nonexistent/id_gpu': no such file" in out
+    assert "no host was contacted" in out and "Connected" not in out
+
+
+def test_unreadable_ssh_key_is_named(tmp_path):
+    key = tmp_path / "id_dir"
+    key.mkdir()
+    rc, out = pyinfra(tmp_path, f"('gpu-08', {{'ssh_hostname': '127.0.0.1', 'ssh_key': {str(key)!r}}})",
+                      "deploy.py", "--data", "preflight_only=true")
+    assert rc != 0 and "Traceback" not in out
+    assert f"gpu-08: setting 'ssh_key' = {str(key)!r}: {key} is not a file" in out
+
+
+def test_pyinfra_exec_is_not_held_to_the_deploy_settings(tmp_path):
+    # An unknown key would stop a deploy; an ad-hoc command is pyinfra's own business.
+    rc, out = pyinfra(tmp_path, "('box', {'ssh_hostname': '127.0.0.1', 'ssh_port': 1, 'my_own_note': 1})",
+                      "exec", "--", "hostname")
+    assert "invalid settings" not in out and "Traceback" not in out
+    rc, out = pyinfra(tmp_path, "('box', {'ssh_hostname': '127.0.0.1', 'ssh_port': 1, 'my_own_note': 1})",
+                      "deploy.py")
+    assert rc != 0 and "unknown setting 'my_own_note'" in out
+
+
+def test_run_kind_from_the_command_line():
+    from glmfleet.settings import run_kind
+
+    assert run_kind(["inventory/gpu.py", "deploy.py", "--data", "x=1"], str(REPO)) == "deploy"
+    assert run_kind(["inv.py", "tasks/weights.py"], str(REPO)) == "deploy"
+    assert run_kind(["inv.py", "tasks/status.py"], str(REPO)) == "status"
+    assert run_kind([str(REPO / "tasks/status.py")], "/") == "status"
+    assert run_kind(["inv.py", "exec", "--", "hostname"], str(REPO)) is None
+    assert run_kind(["inv.py", "other/deploy.py"], str(REPO)) is None
+
+
+def test_ssh_failures_are_named():
+    cases = {
+        "Could not connect ([Errno 111] Connection refused)": "connection refused",
+        "Could not connect (timed out)": "timed out",
+        "Could not resolve hostname ([Errno -2] Name or service not known)": "does not resolve (DNS)",
+        "Authentication error (username=root, key=/k)": "authentication failed",
+    }
+    for message, what in cases.items():
+        reason, remedy = report.ssh_failure(message)
+        assert reason.startswith("unreachable: ") and what in reason and message in reason
+        assert remedy
