@@ -43,6 +43,9 @@ class _Run:
 _RUNS: dict[int, _Run] = {}
 # settings -> (settings, notes), run once per run after validation; raise ValueError to refuse.
 _SETTINGS_HOOKS: list = []
+# {host: raw data} -> lines added to a settings error (e.g. the Hub's head commit when
+# model_revision is missing); handed in by config.py, as runctx imports no stage.
+_ERROR_HINTS: list = []
 
 
 def run_for(state) -> _Run:
@@ -71,8 +74,11 @@ def validate_inventory(state) -> dict[str, Settings]:
                                       if state.is_host_in_limit(h)},
                                      require_revision=run.kind != "status")
         except SettingsError as e:
+            hints = [line for hint in _ERROR_HINTS for line in hint(
+                {h.name: h.data.dict() for h in state.inventory if state.is_host_in_limit(h)})] \
+                if any("'model_revision' = None" in p for p in e.problems) else []
             raise CliError("invalid settings (nothing was changed, no host was contacted):\n"
-                           + str(e)) from None
+                           + "\n".join([str(e), *hints])) from None
         # Hooks handed in by config.py (e.g. api_key = "generate": the fleet's one stored key,
         # resolved here only, so the kit, the smoke test and the harnesses all see the real key).
         for hook in _SETTINGS_HOOKS:
@@ -132,7 +138,7 @@ class RunCallbacks(BaseStateCallback):
         echo(report.summary_table(run.stages, STAGES, run.info))
 
 
-def install_callbacks(state, settings_hooks=()) -> None:
+def install_callbacks(state, settings_hooks=(), error_hints=()) -> None:
     """Register RunCallbacks on the state once it is initialised; settings_hooks run once on
     the validated settings of the run (runctx imports no stage: stages hand theirs in).
 
@@ -140,6 +146,7 @@ def install_callbacks(state, settings_hooks=()) -> None:
     itself; init is also the last step before pyinfra connects, so settings are validated
     there, for every host the run targets (--limit applies), before any connection."""
     _SETTINGS_HOOKS[:] = list(settings_hooks)
+    _ERROR_HINTS[:] = list(error_hints)
     original_init = state.init
 
     def init(*args, **kwargs):

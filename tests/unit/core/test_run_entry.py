@@ -71,3 +71,16 @@ def test_ssh_failures_are_named():
         reason, remedy = report.ssh_failure(message)
         assert reason.startswith("unreachable: ") and what in reason and message in reason
         assert remedy
+
+
+def test_missing_revision_names_the_hubs_head_commit_and_never_uses_it(tmp_path):
+    from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
+
+    make_checkpoint(tmp_path / "ckpt", shards=1, shard_bytes=1024)
+    with HubDouble(tmp_path / "ckpt", repo_id=DEFAULT_REPO_ID, revision=DEFAULT_REVISION) as hub:
+        rc, out = pyinfra(tmp_path, f"('gpu-09', {{'ssh_hostname': '127.0.0.1', 'ssh_port': 1, "
+                                    f"'hf_endpoint': {hub.url!r}}})", "deploy.py")
+    assert rc != 0 and "Traceback" not in out and "no host was contacted" in out
+    assert "gpu-09: setting 'model_revision' = None is not allowed" in out
+    assert f"is {DEFAULT_REVISION}" in out and f"--data model_revision={DEFAULT_REVISION}" in out
+    assert "never pins it by itself" in out and "Connected" not in out
