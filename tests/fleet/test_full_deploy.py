@@ -1,8 +1,8 @@
 """The whole deploy.py, every stage, on one simulated GPU host, in each of pyinfra's ways of
 running: --dry on the bare host (plans every stage, changes nothing), then the deploy
 without -y (pyinfra plans every operation, asks, then executes: both phases of every stage
-run), a second run with -y (operations run once, at execution) that changes nothing, and a
-last --dry that finds nothing to change.
+run), a second run with -y (operations run once, at execution) that changes nothing, a
+--dry that finds nothing to change; then a Hub outage (the verified host goes on).
 
 The doubles are the demo's (testbed/demo.py Site): NVML, the Hub, Docker's and NVIDIA's apt
 repositories, the serving image (pre-loaded, as simulated hosts have no registry)."""
@@ -83,3 +83,26 @@ def test_dry_then_deploy_without_y_then_no_change_with_y_and_dry(site, pyinfra_c
     assert rc == 0, err[-6000:]
     assert planned(dry) == [], err[-6000:]
     assert "e2e-gpu" in err and "Preflight readiness" in err
+
+    # The Hub goes away. The host's weights are verified for the pinned revision: it passes
+    # preflight with the manifest it holds (a WARN saying so) and the run changes nothing.
+    for hub in site.hubs:
+        hub.stop()
+    rc, outage, err = deploy_json(pyinfra_cli, site, "-y")
+    assert rc == 0, err[-6000:]
+    assert changed(outage) == [], err[-6000:]
+    row = next(line for line in err[err.index("Preflight readiness"):].splitlines()
+               if line.startswith("e2e-gpu "))
+    assert " WARN " in row and "cannot read the Hub's file list" in row, row
+    assert "using the manifest it already holds" in err
+    # Without verified weights the same outage stops the host, and the first reason given is
+    # the Hub (the root cause), not the disk estimate it leads to.
+    marker = host.root / "srv/glm/weights/.glmfleet/VERIFIED"
+    marker.rename(marker.with_name("VERIFIED.bak"))
+    try:
+        err = pyinfra(pyinfra_cli, site, "--dry").stderr  # its only host fails: no JSON
+    finally:
+        marker.with_name("VERIFIED.bak").rename(marker)
+    row = next(line for line in err[err.index("Preflight readiness"):].splitlines()
+               if line.startswith("e2e-gpu "))
+    assert " FAIL " in row and "cannot read the Hub's file list" in row, row

@@ -447,3 +447,18 @@ def test_real_1x_h100_probe_output_is_refused_then_passes_with_matching_requirem
                                     max_model_len=131072, gpu_compute_capability="9.0",
                                     gpu_min_memory_gib=75, image_cuda_version="13.0"))
     assert verdict_of(run(gpu, host, matched)) != "FAIL"
+
+
+def test_hub_outage_root_cause_first_and_a_verified_host_goes_on(gpu, host, settings):
+    settings = with_(settings, preflight_only=False, model_revision="ab" * 20)
+    outage = OSError("cannot reach https://huggingface.co: connection refused")
+    half_full = {**host, "weights_fs_free_bytes": 50 * 2**30, "weights_present_bytes": 6 * 2**20}
+    found = checks.preflight_checks(gpu, half_full, settings, None, outage)
+    first = checks.first_failure(found)
+    assert first.name == "manifest" and "cannot read the Hub's file list" in first.reason
+    held = {"files": [{"path": "a", "size": 6 * 2**20}], "total_size": 6 * 2**20}
+    found = checks.preflight_checks(gpu, half_full, settings, None, outage, held)
+    assert checks.first_failure(found) is None
+    manifest = next(c for c in found if c.name == "manifest")
+    assert manifest.status == "WARN" and "using the manifest it already holds" in manifest.reason
+    assert next(c for c in found if c.name == "disk").status == "PASS"
