@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from glmfleet.kit.index_pattern import skip_count
 from glmfleet.kit.render import runtime_fingerprint
-from glmfleet.report import clip, short_image
+from glmfleet.report import fit_table, image_cells
 
 STATE_DIR = ".glmfleet"
 APPLIED = f"{STATE_DIR}/applied.json"
@@ -373,16 +373,14 @@ class Rollout:
 
 def rollout_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """The service stage's closing table: one row per host."""
-    from tabulate import tabulate
-
+    images = image_cells(r.get("image") for r in rows.values())
     body = []
     for host in sorted(rows):
         r = rows[host]
         peak = r.get("peak_decode")
         body.append([host, r.get("action", "-"), r.get("status", "-"), r.get("endpoint", "-"),
-                     (r.get("revision") or "-")[:12], short_image(r.get("image")),
-                     f"{peak:.1f}" if isinstance(peak, (int, float)) else "-",
-                     clip(r.get("detail", ""), 70)])
-    return "\nService rollout\n" + tabulate(body, headers=[
+                     (r.get("revision") or "-")[:12], images[r.get("image")],
+                     f"{peak:.1f}" if isinstance(peak, (int, float)) else "-", r.get("detail", "")])
+    return "\nService rollout\n" + fit_table(body, [
         "host", "action", "result", "endpoint", "revision", "image", "peak decode tok/s", "detail"],
-        disable_numparse=True)
+        detail=7)

@@ -13,7 +13,7 @@ import json
 from typing import Any, Mapping
 
 from glmfleet.service import plan as svc
-from glmfleet.report import short_image
+from glmfleet.report import fit_table, image_cells
 
 
 def status_command(service_dir: str, weights_dir: str, image: str, service_name: str,
@@ -95,23 +95,22 @@ def status_row(facts: Mapping[str, Any], files: Mapping[str, tuple[str, int]] | 
 
 def unreachable_row(reason: str) -> dict[str, Any]:
     """The row of a host the status run could not reach (reason: the SSH failure)."""
-    return {"state": reason, "ready": "-", "endpoint": "-", "revision": "-", "image": "-",
-            "uptime": "-", "peak_prefill": None, "peak_decode": None, "kit": "-", "healthy": False}
+    return {"state": "unreachable", "ready": "-", "endpoint": "-", "revision": "-", "image": "-",
+            "uptime": "-", "peak_prefill": None, "peak_decode": None, "kit": reason, "healthy": False}
 
 
 def status_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    from tabulate import tabulate
-
     def num(v):
         return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
 
-    body = [[h, r["state"], r["ready"], r["endpoint"], r["revision"], short_image(r["image"]),
+    images = image_cells(r["image"] for r in rows.values())
+    body = [[h, r["state"], r["ready"], r["endpoint"], r["revision"], images[r["image"]],
              r["uptime"], num(r["peak_prefill"]), num(r["peak_decode"]), r["kit"]]
             for h, r in sorted(rows.items())]
     healthy = sum(1 for r in rows.values() if r["healthy"])
     return (f"\nService status ({healthy} of {len(rows)} hosts serving)\n"
-            + tabulate(body, headers=["host", "service", "API", "endpoint", "revision", "image",
-                                      "uptime", "peak prefill tok/s", "peak decode tok/s", "kit"], disable_numparse=True))
+            + fit_table(body, ["host", "service", "API", "endpoint", "revision", "image",
+                               "uptime", "peak prefill tok/s", "peak decode tok/s", "kit / detail"], detail=9))
 
 
 # --- fleet coherence check from the controller (status_harness) -------------------------------

@@ -307,14 +307,18 @@ def test_serial_run_goes_one_by_one():
         r.finish(n, True)
 
 
-def test_rollout_table():
-    text = svc.rollout_table({
+def test_rollout_table(monkeypatch):
+    rows = {
         "gpu-01": {"action": "restart", "status": "PASS", "endpoint": "http://gpu-01:8000/v1",
                    "revision": REV, "image": settings().image, "peak_decode": 61.23, "detail": "ok"},
         "gpu-02": {"action": "not rolled out", "status": "FAIL", "detail": "x" * 200},
-    })
-    assert "Service rollout" in text and "61.2" in text and "gpu-02" in text
-    assert "x" * 100 not in text  # long details are clipped
+    }
+    text = svc.rollout_table(rows)  # not a terminal: wide, nothing cut
+    assert "Service rollout" in text and "61.2" in text and "gpu-02" in text and "x" * 200 in text
+    monkeypatch.setattr("glmfleet.report.table_width", lambda: 150)  # a terminal 150 wide
+    text = svc.rollout_table(rows)
+    assert "x" * 100 not in text and "xxx..." in text
+    assert max(len(line) for line in text.splitlines()) <= 150
 
 
 # --- read-only status and the fleet harness table ---------------------------------------------
