@@ -156,6 +156,34 @@ def runtime_fingerprint(files: Mapping[str, tuple[str, int]]) -> str:
     return digest.hexdigest()
 
 
+# The setting behind each .env value (what a restart message names).
+ENV_SETTINGS = {
+    "COMPOSE_PROJECT_NAME": "service_name", "MODEL_PATH": "weights_dir", "BIND_HOST": "bind_address",
+    "PORT": "port", "API_KEY": "api_key", "SERVED_MODEL_NAMES": "served_model_name/aliases",
+    "ENABLE_THINKING": "enable_thinking", "TP": "tensor_parallel_size",
+    "DCP_SIZE": "decode_context_parallel_size", "MAX_MODEL_LEN": "max_model_len",
+    "MAX_NUM_SEQS": "max_num_seqs", "MAX_NUM_BATCHED_TOKENS": "max_num_batched_tokens",
+    "GPU_MEMORY_UTILIZATION": "gpu_memory_utilization", "ENABLE_MTP": "mtp_enabled",
+    "NUM_SPECULATIVE_TOKENS": "num_speculative_tokens", "INDEX_TOPK_PATTERN": "index_topk_pattern",
+    "READY_TIMEOUT": "ready_timeout_s", "SMOKE_TIMEOUT": "smoke_timeout_s",
+}
+
+
+def runtime_values(files: Mapping[str, tuple[str, int]]) -> dict[str, str]:
+    """What runtime_fingerprint covers, readable, to name what changed: the .env values the
+    compose file uses (never the API key: only whether one is set) and the sha256 (12 hex)
+    of the compose file and serve.sh."""
+    compose = files["docker-compose.yml"][0]
+    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", compose)) | {"COMPOSE_PROJECT_NAME"}
+    values = {"docker-compose.yml": hashlib.sha256(compose.encode()).hexdigest()[:12],
+              "serve.sh": hashlib.sha256(files["serve.sh"][0].encode()).hexdigest()[:12]}
+    for line in files[".env"][0].splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in used:
+            values[key] = ("set" if value.strip("'") else "none") if key == "API_KEY" else value
+    return values
+
+
 def write_kit(root: str | os.PathLike, files: Mapping[str, tuple[str, int]]) -> None:
     """Write a rendered kit under root: each file via a temp name + rename, mode set before."""
     root = Path(root)

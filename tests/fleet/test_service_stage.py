@@ -239,7 +239,8 @@ def test_thinking_off_restarts_exactly_that_host(svc_fleet, first, pyinfra_cli):
     assert rc == 0 and report["results"] is None, log[-3000:]
     rollout_op = next(op for op in report["plan"] if "kit placed" in op["name"])
     assert rollout_op["hosts_with_change"] == ["sv-b"]
-    assert "[sv-b] service would restart: compose file / .env / serve.sh changed; kit files: .env" in log
+    assert ("[sv-b] service would restart: settings changed: enable_thinking (1 -> 0); kit files: .env"
+            in log)
     assert {n: container(fleet[n]) for n in HOSTS} == before
     rc, report, log, _ = deploy(svc_fleet, pyinfra_cli, tag="thinking-off")
     assert rc == 0, log[-4000:]
@@ -249,7 +250,7 @@ def test_thinking_off_restarts_exactly_that_host(svc_fleet, first, pyinfra_cli):
     for name in ("sv-a", "sv-c"):
         assert after[name] == before[name]
     line = service_line(log, "sv-b")
-    assert "restarted (compose file / .env / serve.sh changed)" in line and "thinking off" in line
+    assert "restarted (settings changed: enable_thinking (1 -> 0))" in line and "thinking off" in line
     assert not ready(fleet["sv-b"]).get("reasoning")  # direct answers now
     assert ready(fleet["sv-a"]).get("reasoning")
 

@@ -4,6 +4,7 @@ endpoint, host facts parsing, and the rollout order (canary, batches, stop)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 
@@ -52,6 +53,22 @@ def test_thinking_off_restarts_and_rewrites_env():
     p = plan(kit(enable_thinking=False))
     assert p.action == "restart"
     assert p.files == (".env", ".env.example")
+    assert p.reasons == ("settings changed: enable_thinking (1 -> 0)",)  # the setting is named
+
+
+def test_restart_reason_names_settings_and_never_the_key():
+    p = plan(kit(max_num_seqs=4, gpu_memory_utilization=0.9))
+    assert p.reasons == ("settings changed: gpu_memory_utilization (0.95 -> 0.9), max_num_seqs (2 -> 4)",)
+    p = plan(kit(api_key="a-new-secret-key-1"))
+    assert p.reasons == ("settings changed: api_key (none -> set)",)
+    base = kit(api_key="old-secret-key-12")
+    new = kit(api_key="new-secret-key-34")
+    p = svc.plan_change(new, on_host(base), svc.desired_applied(base, settings().image, IMAGE_ID, REV),
+                        svc.desired_applied(new, settings().image, IMAGE_ID, REV), True)
+    assert p.reasons == ("api_key (the API key changed)",) and "secret" not in repr(p)
+    # applied.json written by an older glmfleet has no values: the old wording
+    old = dataclasses.replace(svc.desired_applied(base, settings().image, IMAGE_ID, REV), values=None)
+    p = svc.plan_change(new, on_host(base), old, svc.desired_applied(new, settings().image, IMAGE_ID, REV), True)
     assert p.reasons == ("compose file / .env / serve.sh changed",)
 
 
