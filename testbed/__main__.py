@@ -81,7 +81,7 @@ def cmd_down(a) -> int:
 
 
 def cmd_rootfs(a) -> int:
-    print(rootfs.ensure_rootfs())
+    print(f"testbed: test-host image ready (cached in {rootfs.ensure_rootfs()})")
     return 0
 
 

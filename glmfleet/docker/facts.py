@@ -18,7 +18,7 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from glmfleet.docker.plan import parse_gpg_colons, parse_nvidia_smi_list
+from glmfleet.docker.plan import NO_NVIDIA_SMI, parse_gpg_colons, parse_nvidia_smi_list
 
 # dockerd finds runtimes and the NVIDIA hook through PATH; use the same one everywhere.
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -379,7 +379,7 @@ class NvidiaDriver(FactBase):
 
 GPU_CHECK_SH = r"""
 export PATH=@PATH@
-command -v nvidia-smi >/dev/null 2>&1 || { echo "skip=no NVIDIA driver on this host (nvidia-smi not found)"; echo end=1; exit 0; }
+command -v nvidia-smi >/dev/null 2>&1 || { echo "skip=@NO_SMI@: the GPU container check runs it, install the driver's utils package (nvidia-utils-<version>) to have it"; echo end=1; exit 0; }
 nvidia-smi -L 2>/dev/null | sed 's/^/host=/'
 img=@IMAGE@
 e=$(mktemp)
@@ -400,7 +400,8 @@ class GpuContainerCheck(FactBase):
     needed). -> {skip: reason or None, rc, uuids (in the container), host_uuids, output}."""
 
     def command(self, image):
-        return GPU_CHECK_SH.replace("@PATH@", HOST_PATH).replace("@IMAGE@", shlex.quote(image))
+        return (GPU_CHECK_SH.replace("@PATH@", HOST_PATH).replace("@IMAGE@", shlex.quote(image))
+                .replace("@NO_SMI@", NO_NVIDIA_SMI))
 
     @staticmethod
     def default():

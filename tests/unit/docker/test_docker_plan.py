@@ -413,7 +413,7 @@ def test_stand_in_nvidia_ctk_refuses_an_empty_file_like_the_real_one(tmp_path):
     ("auto", "1.18.0-1", True, True, ""),
     ("auto", "1.20.1-1", True, True, ""),
     ("auto", "1.17.8-1", True, False, "< 1.18"),
-    ("auto", "1.18.0-1", False, False, "no NVIDIA driver"),
+    ("auto", "1.18.0-1", False, False, "nvidia-smi not found on this host"),
     ("on", "1.17.8-1", False, True, ""),
     ("off", "1.20.1-1", True, False, "nvidia_cdi=off"),
 ])

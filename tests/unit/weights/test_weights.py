@@ -567,3 +567,10 @@ def test_held_manifest_only_for_weights_verified_at_the_pinned_revision(manifest
     assert M.held_manifest(None, text, DEFAULT_REPO_ID, DEFAULT_REVISION) is None  # not verified
     assert M.held_manifest(DEFAULT_REVISION, "{broken", DEFAULT_REPO_ID, DEFAULT_REVISION) is None
     assert M.held_manifest(DEFAULT_REVISION, text, "someone/else", DEFAULT_REVISION) is None
+
+
+def test_summary_of_a_fresh_download_says_when_files_were_hashed():
+    r = {"ok": True, "extra": [], "files_total": 9, "bytes_total": 6 * 2**20, "revision": "ab" * 20,
+         "hashed_files": 0, "cached_files": 9}
+    text = W.result_summary(r)
+    assert "9 hashed as they were downloaded or by an earlier check" in text and "checked earlier" not in text
