@@ -36,7 +36,7 @@ class _Run:
         self.stage_state: dict[str, object] = {}  # a stage's own run-wide state (per_run)
         self.preflight_done = False
         self.summary_printed = False
-        self.kind = "deploy"
+        self.kind: str | None = "deploy"  # or "status", or None (pyinfra's exec, fact, ...)
         self.unreachable: dict[str, tuple[str, str]] = {}  # host -> (reason, remedy)
 
 
@@ -125,7 +125,7 @@ class RunCallbacks(BaseStateCallback):
     @staticmethod
     def host_disconnect(state, host):
         run = run_for(state)
-        if run.summary_printed or not run.stages:
+        if run.summary_printed or not run.stages or run.kind != "deploy":
             return
         run.summary_printed = True
         for h in state.failed_hosts:
@@ -153,10 +153,9 @@ def install_callbacks(state, settings_hooks=(), error_hints=()) -> None:
         original_init(*args, **kwargs)
         state.add_callback_handler(RunCallbacks())
         check_ssh_keys(state)
-        kind = run_kind(sys.argv[1:], state.cwd)
+        kind = run_for(state).kind = run_kind(sys.argv[1:], state.cwd)
         if kind is None:
-            return  # not this project's deploy: pyinfra's own `exec`, `fact`, ...
-        run_for(state).kind = kind
+            return  # not a deploy: pyinfra's own `exec`, `fact`, ...: no settings, no tables
         if kind == "status":
             # Read-only and scriptable (cron, CI): no prompt on a failed host (pyinfra asks
             # without -y); the status table names every host, the exit status sums it up.

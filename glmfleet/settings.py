@@ -331,16 +331,19 @@ STATUS_FILE = "tasks/status.py"
 
 
 def run_kind(argv: list[str], cwd: str | None = None) -> str | None:
-    """"status", "deploy" or None, from the pyinfra command line's arguments."""
-    kind = None
-    for arg in argv:
-        path = os.path.realpath(os.path.join(cwd or os.getcwd(), arg))
-        rel = os.path.relpath(path, REPO_ROOT)
+    """"status", "deploy" or None, from the pyinfra command line's arguments: deploy.py or a
+    stage file of this project, or another deploy file beside the inventory (it may include
+    our stages, as the tests' do), is a deploy; pyinfra's `exec`, `fact`, ... are None."""
+    if any(a in ("exec", "fact") for a in argv):
+        return None
+    ops = [a for a in argv if a.endswith(".py") and not a.startswith("-")]
+    for arg in ops:
+        rel = os.path.relpath(os.path.realpath(os.path.join(cwd or os.getcwd(), arg)), REPO_ROOT)
         if rel == STATUS_FILE:
             return "status"
         if rel == "deploy.py" or (rel.startswith("tasks/") and rel.endswith(".py")):
-            kind = "deploy"
-    return kind
+            return "deploy"
+    return "deploy" if len(ops) >= 2 else None  # an inventory file and a deploy file of one's own
 
 
 def validate(host: str, data: Mapping[str, Any], require_revision: bool = True) -> Settings:

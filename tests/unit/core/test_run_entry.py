@@ -57,7 +57,6 @@ def test_run_kind_from_the_command_line():
     assert run_kind(["inv.py", "tasks/status.py"], str(REPO)) == "status"
     assert run_kind([str(REPO / "tasks/status.py")], "/") == "status"
     assert run_kind(["inv.py", "exec", "--", "hostname"], str(REPO)) is None
-    assert run_kind(["inv.py", "other/deploy.py"], str(REPO)) is None
 
 
 def test_ssh_failures_are_named():
@@ -84,3 +83,11 @@ def test_missing_revision_names_the_hubs_head_commit_and_never_uses_it(tmp_path)
     assert "gpu-09: setting 'model_revision' = None is not allowed" in out
     assert f"is {DEFAULT_REVISION}" in out and f"--data model_revision={DEFAULT_REVISION}" in out
     assert "never pins it by itself" in out and "Connected" not in out
+
+
+def test_a_deploy_file_of_ones_own_is_a_deploy():
+    from glmfleet.settings import run_kind
+
+    assert run_kind(["/tmp/inv.py", "/tmp/my-deploy.py", "--data", "x=1"], "/") == "deploy"
+    assert run_kind(["/tmp/inv.py", "exec", "--", "python3", "x.py"], "/") is None
+    assert run_kind(["inv.py", "exec", "--", "cat", "deploy.py"], str(REPO)) is None
