@@ -89,7 +89,7 @@ _SSH_KINDS = (
      "check ssh_user and ssh_key (the key must be in the user's authorized_keys)"),
     (("Could not resolve hostname",), "SSH: the host name does not resolve (DNS)",
      "check ssh_hostname (or DNS / /etc/hosts on this machine)"),
-    (("Connection refused",), "SSH connection refused",
+    (("Connection refused", "Unable to connect to port"), "SSH connection refused",
      "is sshd running on the host, and is ssh_port right?"),
     (("timed out", "Timeout"), "SSH connection timed out",
      "is the host up and reachable from here (network, firewall, ssh_hostname)?"),

@@ -121,6 +121,11 @@ class RunCallbacks(BaseStateCallback):
             run.preflight[host.name] = {"verdict": "FAIL", "facts": {},
                                         "checks": [report.Finding("ssh", "FAIL", reason, remedy)]}
             record(host.name, "preflight", "FAIL", reason, state)
+            targeted = {h.name for h in state.inventory if state.is_host_in_limit(h)}
+            if targeted <= set(run.unreachable) and not run.preflight_done:
+                # No host can be reached: pyinfra stops now ("No hosts remaining!"); the
+                # table and the report still say why, host by host.
+                _print_readiness(run, run.settings.get(host.name))
 
     @staticmethod
     def host_disconnect(state, host):
@@ -198,13 +203,7 @@ def record_preflight(state, host, checks, facts: dict, verdict: str, first_reaso
     expected = {h.name for h in state.inventory.get_active_hosts()}
     if run.preflight_done or not expected <= set(run.preflight):
         return
-    run.preflight_done = True
-    echo(report.readiness_table(run.preflight))
-    echo(report.details(run.preflight))
-    s = run.settings.get(host.name)
-    if s and s.preflight_report:
-        write_json_atomic(s.preflight_report, report.as_json(run.preflight))
-        echo(f"Preflight report written to {s.preflight_report}")
+    _print_readiness(run, run.settings.get(host.name))
     failed = {h for h in state.inventory.get_active_hosts()
               if run.preflight[h.name]["verdict"] == "FAIL"}
     if failed:
@@ -215,6 +214,16 @@ def record_preflight(state, host, checks, facts: dict, verdict: str, first_reaso
         except PyinfraError as e:  # "No hosts remaining!" / over FAIL_PERCENT
             raise PyinfraError(f"{e} Every host to deploy failed preflight or was dropped; nothing "
                            "was changed. The reasons and fixes are listed above.") from None
+
+
+def _print_readiness(run: _Run, s: Settings | None) -> None:
+    """The readiness table, every non-PASS check, the JSON report: once per run."""
+    run.preflight_done = True
+    echo(report.readiness_table(run.preflight))
+    echo(report.details(run.preflight))
+    if s and s.preflight_report:
+        write_json_atomic(s.preflight_report, report.as_json(run.preflight))
+        echo(f"Preflight report written to {s.preflight_report}")
 
 
 def passed_preflight(state, host) -> bool:

@@ -4,6 +4,7 @@ and how an unreachable host is described (the real pyinfra CLI, no host needed).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,19 @@ def test_a_deploy_file_of_ones_own_is_a_deploy():
     assert run_kind(["/tmp/inv.py", "/tmp/my-deploy.py", "--data", "x=1"], "/") == "deploy"
     assert run_kind(["/tmp/inv.py", "exec", "--", "python3", "x.py"], "/") is None
     assert run_kind(["inv.py", "exec", "--", "cat", "deploy.py"], str(REPO)) is None
+
+
+def test_no_host_reachable_still_gives_the_table_and_report(tmp_path):
+    report_path = tmp_path / "report.json"
+    rc, out = pyinfra(tmp_path, "('gpu-10', {'ssh_hostname': '127.0.0.1', 'ssh_port': 1}), "
+                                "('gpu-11', {'ssh_hostname': 'gpu-11.invalid'})",
+                      "deploy.py", "--data", "preflight_only=true", "--data", f"preflight_report={report_path}")
+    assert rc != 0 and "Traceback" not in out
+    table = out[out.index("Preflight readiness"):]
+    assert re.search(r"^gpu-10 .*FAIL +unreachable: SSH connection refused", table, re.M), table
+    assert re.search(r"^gpu-11 .*FAIL +unreachable: SSH: the host name does not resolve", table, re.M), table
+    import json
+
+    hosts = json.loads(report_path.read_text())["hosts"]
+    assert hosts["gpu-10"]["verdict"] == "FAIL" and "refused" in hosts["gpu-10"]["checks"][0]["reason"]
+    assert "is sshd running" in hosts["gpu-10"]["checks"][0]["remedy"]
