@@ -153,20 +153,23 @@ def install_callbacks(state, settings_hooks=(), error_hints=()) -> None:
     _SETTINGS_HOOKS[:] = list(settings_hooks)
     _ERROR_HINTS[:] = list(error_hints)
     original_init = state.init
+    # config.py hands in pyinfra's context proxy; the run is keyed by the real State, which
+    # is what callbacks and stages see.
+    real = getattr(original_init, "__self__", state)
 
     def init(*args, **kwargs):
         original_init(*args, **kwargs)
-        state.add_callback_handler(RunCallbacks())
-        check_ssh_keys(state)
-        kind = run_for(state).kind = run_kind(sys.argv[1:], state.cwd)
+        real.add_callback_handler(RunCallbacks())
+        check_ssh_keys(real)
+        kind = run_for(real).kind = run_kind(sys.argv[1:], getattr(real, "cwd", None))
         if kind is None:
             return  # not a deploy: pyinfra's own `exec`, `fact`, ...: no settings, no tables
         if kind == "status":
             # Read-only and scriptable (cron, CI): no prompt on a failed host (pyinfra asks
             # without -y); the status table names every host, the exit status sums it up.
-            state.__dict__.pop("should_raise_failed_hosts", None)
-            state.config.FAIL_PERCENT = None
-        validate_inventory(state)  # here, outside any greenlet: a clean error, no traceback
+            vars(real).pop("should_raise_failed_hosts", None)
+            real.config.FAIL_PERCENT = None
+        validate_inventory(real)  # here, outside any greenlet: a clean error, no traceback
 
     state.init = init
 
