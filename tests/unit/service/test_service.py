@@ -374,6 +374,17 @@ def test_status_row_problems():
     assert st.status_row({"files": {}, "docker": "1", "probe_rc": "2"}, files, REV, "e")["ready"] == "key refused"
 
 
+def test_status_needs_no_pin_and_fails_only_a_host_that_is_not_serving():
+    files = kit()
+    other = svc.desired_applied(files, settings().image, IMAGE_ID, "f" * 40)
+    row = st.status_row(_status_facts(files, other), files, None, "e")  # no model_revision
+    assert row["healthy"] and row["revision"] == "f" * 12  # what runs, nothing to compare with
+    row = st.status_row(_status_facts(files, other), files, REV, "e")  # serving another pin
+    assert row["healthy"] and row["revision"].endswith("(not the pinned one)")
+    down = st.unreachable_row("unreachable: SSH connection refused: ...")
+    assert not down["healthy"] and "refused" in st.status_table({"h": down})
+
+
 def test_harness_rows_and_table():
     summary = {"ok": False, "passed": 2, "cases": [
         {"name": "logic", "ok": True, "ttft_s": 0.5, "decode_tps": 60.0, "prefill_tps": 900.0},
