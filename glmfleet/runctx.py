@@ -49,6 +49,9 @@ _ERROR_HINTS: list = []
 
 
 def run_for(state) -> _Run:
+    # pyinfra's module-level `state` is a context proxy: key the run by the State behind it.
+    get = getattr(type(state), "_get_module", None)
+    state = (get(state) or state) if get else state
     run = _RUNS.get(id(state))
     if run is None or run.state is not state:
         run = _RUNS[id(state)] = _Run(state)
@@ -153,9 +156,7 @@ def install_callbacks(state, settings_hooks=(), error_hints=()) -> None:
     _SETTINGS_HOOKS[:] = list(settings_hooks)
     _ERROR_HINTS[:] = list(error_hints)
     original_init = state.init
-    # config.py hands in pyinfra's context proxy; the run is keyed by the real State, which
-    # is what callbacks and stages see.
-    real = getattr(original_init, "__self__", state)
+    real = getattr(original_init, "__self__", state)  # the State behind pyinfra's proxy
 
     def init(*args, **kwargs):
         original_init(*args, **kwargs)
