@@ -120,11 +120,15 @@ class RunCallbacks(BaseStateCallback):
         run = run_for(state)
         reason, remedy = report.ssh_failure(str(error.args[0] if error.args else error))
         run.unreachable[host.name] = (reason, remedy)
+        targeted = {h.name for h in state.inventory if state.is_host_in_limit(h)}
+        if run.kind == "status" and targeted <= set(run.unreachable):
+            # No host to ask: pyinfra stops now ("No hosts remaining!"); say why for each.
+            echo("\nService status (0 of %d hosts serving)\n" % len(targeted) + report.fit_table(
+                [[n, r] for n, (r, _) in sorted(run.unreachable.items())], ["host", "detail"], detail=1))
         if run.kind == "deploy":
             run.preflight[host.name] = {"verdict": "FAIL", "facts": {},
                                         "checks": [report.Finding("ssh", "FAIL", reason, remedy)]}
             record(host.name, "preflight", "FAIL", reason, state)
-            targeted = {h.name for h in state.inventory if state.is_host_in_limit(h)}
             if targeted <= set(run.unreachable) and not run.preflight_done:
                 # No host can be reached: pyinfra stops now ("No hosts remaining!"); the
                 # table and the report still say why, host by host.

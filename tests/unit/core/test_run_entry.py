@@ -108,3 +108,13 @@ def test_no_host_reachable_still_gives_the_table_and_report(tmp_path):
     hosts = json.loads(report_path.read_text())["hosts"]
     assert hosts["gpu-10"]["verdict"] == "FAIL" and "refused" in hosts["gpu-10"]["checks"][0]["reason"]
     assert "is sshd running" in hosts["gpu-10"]["checks"][0]["remedy"]
+
+
+def test_status_with_no_host_reachable_names_each_reason_and_never_prompts(tmp_path):
+    inv = tmp_path / "inv.py"
+    inv.write_text("hosts = [('gpu-12', {'ssh_hostname': '127.0.0.1', 'ssh_port': 1})]\n")
+    r = subprocess.run([PYINFRA, str(inv), "tasks/status.py"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120, stdin=subprocess.DEVNULL)  # no -y, no terminal: as from cron
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "Press enter" not in r.stderr
+    assert "Service status (0 of 1 hosts serving)" in r.stderr
+    assert re.search(r"^gpu-12 +unreachable: SSH connection refused", r.stderr, re.M)
