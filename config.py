@@ -3,6 +3,7 @@ from pyinfra import state
 
 from glmfleet.runctx import install_callbacks
 from glmfleet.service.apikey import resolve as resolve_api_key
+from glmfleet.weights.manifest import revision_hints
 
 # The deploy is written against this pyinfra; another version may change facts or flags.
 REQUIRE_PYINFRA_VERSION = "==3.10.0"
@@ -12,5 +13,6 @@ REQUIRE_PYINFRA_VERSION = "==3.10.0"
 FAIL_PERCENT = None
 
 # Validate every host's settings before the first connection (then resolve api_key =
-# "generate" to the fleet's stored key); print the summary at the end.
-install_callbacks(state, settings_hooks=[resolve_api_key])
+# "generate" to the fleet's stored key; a missing model_revision names the Hub's head
+# commit); print the summary at the end.
+install_callbacks(state, settings_hooks=[resolve_api_key], error_hints=[revision_hints])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import sys
 from typing import Any, Iterable, Mapping
 
 from tabulate import tabulate
@@ -24,6 +27,102 @@ def short_image(image: str | None) -> str:
     if not repo or "/" in tag:
         return clip(image, 40)
     return f"{repo.rsplit('/', 1)[-1]}:{clip(tag, 24)}"
+
+
+def image_cells(images: Iterable[str | None]) -> dict[str | None, str]:
+    """Table cells for the images of a table's rows. One image: its short form. Several: the
+    part of each tag that differs ("vllm:...-20260608"), so a half-rolled fleet shows which
+    host runs which build (long tags differ only near the end)."""
+    images = {i for i in images if i}
+    cells: dict[str | None, str] = {None: "-", "": "-", "-": "-"}
+    split = {i: i.rpartition(":") for i in images if i != "-"}
+    tags = [t for repo, _, t in split.values() if repo and "/" not in t]
+    if len(tags) < 2 or len(tags) != len(split):
+        cells.update({i: short_image(i) for i in images})
+        return cells
+    prefix = os.path.commonprefix(tags)
+    prefix = prefix[: prefix.rfind("-") + 1] if len(prefix) < min(map(len, tags)) else prefix
+    suffix = os.path.commonprefix([t[::-1] for t in tags])[::-1]
+    for image, (repo, _, tag) in split.items():
+        middle = tag[len(prefix): len(tag) - len(suffix) if suffix else None] or tag
+        cells[image] = (f"{repo.rsplit('/', 1)[-1]}:{'...' if prefix else ''}{clip(middle, 28)}"
+                        f"{'...' if suffix and middle != tag else ''}")
+    return cells
+
+
+def table_width() -> int | None:
+    """Columns to fit tables into: the terminal's (stderr, where reports go), or None for
+    wide tables when stderr is not a terminal (logs, CI) or GLMFLEET_WIDE_TABLES=1."""
+    if os.environ.get("GLMFLEET_WIDE_TABLES", "") not in ("", "0") or not sys.stderr.isatty():
+        return None
+    return shutil.get_terminal_size().columns
+
+
+def fit_table(rows: list[list[Any]], headers: list[str], detail: int, width: int | None = None,
+              **kwargs) -> str:
+    """tabulate, with the ``detail`` column cut (with an ellipsis) so each line fits
+    ``width`` (default: table_width()); the full text is printed elsewhere or in the log."""
+    width = table_width() if width is None else width
+    text = tabulate(rows, headers=headers, disable_numparse=True, **kwargs)
+    if not width or max(map(len, text.splitlines() or [""])) <= width:
+        return text
+    others = tabulate([r[:detail] + r[detail + 1:] for r in rows],
+                      headers=headers[:detail] + headers[detail + 1:], disable_numparse=True, **kwargs)
+    room = max(width - max(map(len, others.splitlines())) - 2, len(headers[detail]), 12)
+    rows = [r[:detail] + [clip(str(r[detail]), room)] + r[detail + 1:] for r in rows]
+    return tabulate(rows, headers=headers, disable_numparse=True, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """A readiness-table entry made outside the preflight checks (an unreachable host)."""
+
+    name: str
+    status: str
+    reason: str
+    remedy: str = ""
+
+
+# pyinfra's SSH connector says "<what> (<error>)"; the operator needs which of these it was.
+_SSH_KINDS = (
+    (("Authentication error",), "SSH authentication failed",
+     "check ssh_user and ssh_key (the key must be in the user's authorized_keys)"),
+    (("Could not resolve hostname",), "SSH: the host name does not resolve (DNS)",
+     "check ssh_hostname (or DNS / /etc/hosts on this machine)"),
+    (("Connection refused", "Unable to connect to port"), "SSH connection refused",
+     "is sshd running on the host, and is ssh_port right?"),
+    (("timed out", "Timeout"), "SSH connection timed out",
+     "is the host up and reachable from here (network, firewall, ssh_hostname)?"),
+    (("host key",), "SSH host key mismatch",
+     "the host's key changed: check it, then update known_hosts"),
+    (("No route to host", "Network is unreachable"), "SSH: no route to the host",
+     "check the address and the network between this machine and the host"),
+)
+
+
+def ssh_failure(message: str) -> tuple[str, str]:
+    """(reason, remedy) for pyinfra's connection error message."""
+    for needles, what, remedy in _SSH_KINDS:
+        if any(n.lower() in message.lower() for n in needles):
+            return f"unreachable: {what}: {message}", remedy
+    return f"unreachable: {message}", "check ssh_hostname, ssh_port, ssh_user and ssh_key"
+
+
+def ssh_key_problem(key: str, cwd: str) -> str | None:
+    """Why pyinfra could not use this private key file (it tries the path, then from cwd)."""
+    import os
+
+    candidates = [os.path.expanduser(key), os.path.join(cwd, os.path.expanduser(key))]
+    path = next((c for c in candidates if os.path.exists(c)), None)
+    if path is None:
+        return "no such file (the private key pyinfra connects with)"
+    if not os.path.isfile(path):
+        return f"{path} is not a file"
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
 
 
 def gpu_summary(gpu: Mapping[str, Any] | None) -> str:
@@ -65,9 +164,9 @@ def readiness_table(preflight: Mapping[str, Mapping[str, Any]]) -> str:
         first = next((c for c in p["checks"] if c.status == "FAIL"), None) or next(
             (c for c in p["checks"] if c.status == "WARN"), None)
         rows.append([host, gpu_summary(p["facts"].get("gpu")), _driver(p["facts"]),
-                     _disk(p["facts"]), p["verdict"], clip(first.reason) if first else ""])
-    return "\nPreflight readiness\n" + tabulate(
-        rows, headers=["host", "GPUs", "driver", "disk", "verdict", "first failing reason"])
+                     _disk(p["facts"]), p["verdict"], first.reason if first else ""])
+    return "\nPreflight readiness\n" + fit_table(
+        rows, ["host", "GPUs", "driver", "disk", "verdict", "first failing reason"], detail=5)
 
 
 def details(preflight: Mapping[str, Mapping[str, Any]]) -> str:
@@ -102,13 +201,13 @@ INFO_COLUMNS = (("endpoint", "endpoint"), ("revision", "revision"), ("image", "i
                 ("peak_decode", "peak decode tok/s"))
 
 
-def _info_cell(key: str, value: Any) -> str:
+def _info_cell(key: str, value: Any, images: Mapping[Any, str]) -> str:
     if value in (None, "", "-"):
         return "-"
     if key == "revision":
         return str(value)[:12]
     if key == "image":
-        return short_image(str(value))
+        return images.get(value) or short_image(str(value))
     if key == "peak_decode" and isinstance(value, (int, float)):
         return f"{value:.1f}"
     return str(value)
@@ -123,13 +222,20 @@ def summary_table(stages: Mapping[str, Mapping[str, tuple[str, str]]],
     cols = order + extra
     info = info or {}
     info_cols = INFO_COLUMNS if info else ()
+    images = image_cells(i.get("image") for i in info.values())
     rows = []
     for host in sorted(stages):
         per = stages[host]
         cells = [per[s][0] if s in per else "-" for s in cols]
         failed = [(s, per[s][1]) for s in cols if s in per and per[s][0] == "FAIL"]
-        result = clip(f"FAILED in {failed[0][0]}: {failed[0][1]}", 60) if failed else "ok"
+        missing = [s for s in cols if s in per and per[s][0] == "NOT IMPLEMENTED"]
+        if failed:
+            result = f"FAILED in {failed[0][0]}: {failed[0][1]}"
+        elif missing:
+            result = "incomplete: " + ", ".join(missing) + " not implemented yet"
+        else:
+            result = "ok"
         rows.append([host, *cells, result,
-                     *[_info_cell(k, info.get(host, {}).get(k)) for k, _ in info_cols]])
-    return "\nFleet summary\n" + tabulate(
-        rows, headers=["host", *cols, "result", *[h for _, h in info_cols]], disable_numparse=True)
+                     *[_info_cell(k, info.get(host, {}).get(k), images) for k, _ in info_cols]])
+    return "\nFleet summary\n" + fit_table(
+        rows, ["host", *cols, "result", *[h for _, h in info_cols]], detail=1 + len(cols))

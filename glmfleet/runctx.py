@@ -20,7 +20,7 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra_cli.exceptions import CliError
 
 from glmfleet import report
-from glmfleet.settings import Settings, SettingsError, validate_many
+from glmfleet.settings import Settings, SettingsError, run_kind, validate_many
 
 STAGES = ("preflight", "docker", "nvidia_toolkit", "weights", "service")
 
@@ -37,14 +37,22 @@ class _Run:
         self.stage_state: dict[str, object] = {}  # a stage's own run-wide state (per_run)
         self.preflight_done = False
         self.summary_printed = False
+        self.kind: str | None = "deploy"  # or "status", or None (pyinfra's exec, fact, ...)
+        self.unreachable: dict[str, tuple[str, str]] = {}  # host -> (reason, remedy)
 
 
 _RUNS: dict[int, _Run] = {}
 # settings -> (settings, notes), run once per run after validation; raise ValueError to refuse.
 _SETTINGS_HOOKS: list = []
+# {host: raw data} -> lines added to a settings error (e.g. the Hub's head commit when
+# model_revision is missing); handed in by config.py, as runctx imports no stage.
+_ERROR_HINTS: list = []
 
 
 def run_for(state) -> _Run:
+    # pyinfra's module-level `state` is a context proxy: key the run by the State behind it.
+    get = getattr(type(state), "_get_module", None)
+    state = (get(state) or state) if get else state
     run = _RUNS.get(id(state))
     if run is None or run.state is not state:
         run = _RUNS[id(state)] = _Run(state)
@@ -67,10 +75,14 @@ def validate_inventory(state) -> dict[str, Settings]:
         try:
             # Every host this run targets (--limit respected), all problems at once.
             settings = validate_many({h.name: h.data.dict() for h in state.inventory
-                                      if state.is_host_in_limit(h)})
+                                      if state.is_host_in_limit(h)},
+                                     require_revision=run.kind != "status")
         except SettingsError as e:
+            hints = [line for hint in _ERROR_HINTS for line in hint(
+                {h.name: h.data.dict() for h in state.inventory if state.is_host_in_limit(h)})] \
+                if any("'model_revision' = None" in p for p in e.problems) else []
             raise CliError("invalid settings (nothing was changed, no host was contacted):\n"
-                           + str(e)) from None
+                           + "\n".join([str(e), *hints])) from None
         # Hooks handed in by config.py (e.g. api_key = "generate": the fleet's one stored key,
         # resolved here only, so the kit, the smoke test and the harnesses all see the real key).
         for hook in _SETTINGS_HOOKS:
@@ -84,13 +96,49 @@ def validate_inventory(state) -> dict[str, Settings]:
     return run.settings
 
 
+def check_ssh_keys(state) -> None:
+    """A missing or unreadable ssh_key is a settings error naming the host and the path,
+    before any connection (pyinfra itself would fail inside the connection, with a traceback)."""
+    problems = []
+    for h in state.inventory:
+        key = h.data.get("ssh_key")
+        if not key or not state.is_host_in_limit(h):
+            continue
+        problem = report.ssh_key_problem(str(key), state.cwd or os.getcwd())
+        if problem:
+            problems.append(f"{h.name}: setting 'ssh_key' = {str(key)!r}: {problem}")
+    if problems:
+        raise CliError("invalid settings (nothing was changed, no host was contacted):\n"
+                       + "\n".join(problems))
+
+
 class RunCallbacks(BaseStateCallback):
-    """Registered from config.py: the fleet summary at the end of the run."""
+    """Registered from config.py: unreachable hosts recorded with their SSH reason, the fleet
+    summary at the end of the run."""
+
+    @staticmethod
+    def host_connect_error(state, host, error):
+        run = run_for(state)
+        reason, remedy = report.ssh_failure(str(error.args[0] if error.args else error))
+        run.unreachable[host.name] = (reason, remedy)
+        targeted = {h.name for h in state.inventory if state.is_host_in_limit(h)}
+        if run.kind == "status" and targeted <= set(run.unreachable):
+            # No host to ask: pyinfra stops now ("No hosts remaining!"); say why for each.
+            echo("\nService status (0 of %d hosts serving)\n" % len(targeted) + report.fit_table(
+                [[n, r] for n, (r, _) in sorted(run.unreachable.items())], ["host", "detail"], detail=1))
+        if run.kind == "deploy":
+            run.preflight[host.name] = {"verdict": "FAIL", "facts": {},
+                                        "checks": [report.Finding("ssh", "FAIL", reason, remedy)]}
+            record(host.name, "preflight", "FAIL", reason, state)
+            if targeted <= set(run.unreachable) and not run.preflight_done:
+                # No host can be reached: pyinfra stops now ("No hosts remaining!"); the
+                # table and the report still say why, host by host.
+                _print_readiness(run, run.settings.get(host.name))
 
     @staticmethod
     def host_disconnect(state, host):
         run = run_for(state)
-        if run.summary_printed or not run.stages:
+        if run.summary_printed or not run.stages or run.kind != "deploy":
             return
         run.summary_printed = True
         for h in state.failed_hosts:
@@ -103,7 +151,7 @@ class RunCallbacks(BaseStateCallback):
         echo(report.summary_table(run.stages, STAGES, run.info))
 
 
-def install_callbacks(state, settings_hooks=()) -> None:
+def install_callbacks(state, settings_hooks=(), error_hints=()) -> None:
     """Register RunCallbacks on the state once it is initialised; settings_hooks run once on
     the validated settings of the run (runctx imports no stage: stages hand theirs in).
 
@@ -111,12 +159,23 @@ def install_callbacks(state, settings_hooks=()) -> None:
     itself; init is also the last step before pyinfra connects, so settings are validated
     there, for every host the run targets (--limit applies), before any connection."""
     _SETTINGS_HOOKS[:] = list(settings_hooks)
+    _ERROR_HINTS[:] = list(error_hints)
     original_init = state.init
+    real = getattr(original_init, "__self__", state)  # the State behind pyinfra's proxy
 
     def init(*args, **kwargs):
         original_init(*args, **kwargs)
-        state.add_callback_handler(RunCallbacks())
-        validate_inventory(state)  # here, outside any greenlet: a clean error, no traceback
+        real.add_callback_handler(RunCallbacks())
+        check_ssh_keys(real)
+        kind = run_for(real).kind = run_kind(sys.argv[1:], getattr(real, "cwd", None))
+        if kind is None:
+            return  # not a deploy: pyinfra's own `exec`, `fact`, ...: no settings, no tables
+        if kind == "status":
+            # Read-only and scriptable (cron, CI): no prompt on a failed host (pyinfra asks
+            # without -y); the status table names every host, the exit status sums it up.
+            vars(real).pop("should_raise_failed_hosts", None)
+            real.config.FAIL_PERCENT = None
+        validate_inventory(real)  # here, outside any greenlet: a clean error, no traceback
 
     state.init = init
     state.fail_hosts = _own_message_when_none_remain(state, state.fail_hosts)
@@ -184,19 +243,23 @@ def record_preflight(state, host, checks, facts: dict, verdict: str, first_reaso
     expected = {h.name for h in state.inventory.get_active_hosts()}
     if run.preflight_done or not expected <= set(run.preflight):
         return
-    run.preflight_done = True
-    echo(report.readiness_table(run.preflight))
-    echo(report.details(run.preflight))
-    s = run.settings.get(host.name)
-    if s and s.preflight_report:
-        write_json_atomic(s.preflight_report, report.as_json(run.preflight))
-        echo(f"Preflight report written to {s.preflight_report}")
+    _print_readiness(run, run.settings.get(host.name))
     failed = {h for h in state.inventory.get_active_hosts()
               if run.preflight[h.name]["verdict"] == "FAIL"}
     if failed:
         echo(f"Dropping {len(failed)} host(s) that failed preflight: "
              + ", ".join(sorted(h.name for h in failed)))
         state.fail_hosts(failed)  # none left: our own message (install_callbacks)
+
+
+def _print_readiness(run: _Run, s: Settings | None) -> None:
+    """The readiness table, every non-PASS check, the JSON report: once per run."""
+    run.preflight_done = True
+    echo(report.readiness_table(run.preflight))
+    echo(report.details(run.preflight))
+    if s and s.preflight_report:
+        write_json_atomic(s.preflight_report, report.as_json(run.preflight))
+        echo(f"Preflight report written to {s.preflight_report}")
 
 
 def passed_preflight(state, host) -> bool:

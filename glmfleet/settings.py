@@ -266,6 +266,8 @@ _API_KEY = r"[!#-&(-\[\]-~]{8,}"  # printable ASCII less space, quotes and backs
 API_KEY_PATTERN = _API_KEY
 # api_key = "generate": one random key per fleet, kept in api_key_file (glmfleet/service/apikey.py).
 API_KEY_GENERATE = "generate"
+# api_key = "open": serve with no key, said on purpose (the only way to an open API).
+API_KEY_OPEN = "open"
 PARSERS = {
     "preflight_only": _bool,
     "preflight_report": lambda v: "" if v in (None, "") else _str()(v),
@@ -282,8 +284,9 @@ PARSERS = {
     "port": _int(1, 65535),
     "bind_address": _str(r"(\d{1,3}\.){3}\d{1,3}|::|::1|" + _HOSTNAME, "an IP address such as 0.0.0.0 or 127.0.0.1"),
     # No quotes or backslashes: .env must read the same under compose v1 and v2.
-    "api_key": _optional(lambda v: API_KEY_GENERATE if v == API_KEY_GENERATE else _str(
-        _API_KEY, 'at least 8 printable characters without spaces, quotes or backslashes, or "generate"')(v)),
+    "api_key": _optional(lambda v: v if v in (API_KEY_GENERATE, API_KEY_OPEN) else _str(
+        _API_KEY, 'at least 8 printable characters without spaces, quotes or backslashes, '
+        '"generate" or "open"')(v)),
     "api_key_file": _str(desc="a path on the controller"),
     "served_model_name": _str(r"[A-Za-z0-9._/-]+", "letters, digits, . _ / -"),
     "served_model_aliases": lambda v: tuple(_str(r"[A-Za-z0-9._/-]+", "letters, digits, . _ / -")(x)
@@ -360,8 +363,31 @@ def _is_ours(key: str) -> bool:
     return not key.startswith(FOREIGN_KEY_PREFIXES)
 
 
-def validate(host: str, data: Mapping[str, Any]) -> Settings:
-    """Validate one host's merged data; raise SettingsError listing every problem."""
+# This project's pyinfra files: deploy.py and the stage files run the deploy (every setting
+# validated); tasks/status.py only reads (no model_revision needed, never prompts). Anything
+# else (pyinfra's own `exec`, `fact`, another deploy) gets no settings validation.
+STATUS_FILE = "tasks/status.py"
+
+
+def run_kind(argv: list[str], cwd: str | None = None) -> str | None:
+    """"status", "deploy" or None, from the pyinfra command line's arguments: deploy.py or a
+    stage file of this project, or another deploy file beside the inventory (it may include
+    our stages, as the tests' do), is a deploy; pyinfra's `exec`, `fact`, ... are None."""
+    if any(a in ("exec", "fact") for a in argv):
+        return None
+    ops = [a for a in argv if a.endswith(".py") and not a.startswith("-")]
+    for arg in ops:
+        rel = os.path.relpath(os.path.realpath(os.path.join(cwd or os.getcwd(), arg)), REPO_ROOT)
+        if rel == STATUS_FILE:
+            return "status"
+        if rel == "deploy.py" or (rel.startswith("tasks/") and rel.endswith(".py")):
+            return "deploy"
+    return "deploy" if len(ops) >= 2 else None  # an inventory file and a deploy file of one's own
+
+
+def validate(host: str, data: Mapping[str, Any], require_revision: bool = True) -> Settings:
+    """Validate one host's merged data; raise SettingsError listing every problem.
+    require_revision=False: a read-only run (status) that reports what runs, pins nothing."""
     problems: list[str] = []
     values: dict[str, Any] = {}
 
@@ -393,7 +419,7 @@ def validate(host: str, data: Mapping[str, Any]) -> Settings:
             f"at most {DCP1_MAX_MODEL_LEN} with decode_context_parallel_size=1 (the KV cache is "
             "replicated per GPU and 250k OOMs above ~177k): set decode_context_parallel_size=4 "
             "for 250k, or max_model_len=131072 for the smaller, faster DCP-1 box")
-    if values["model_revision"] is None and not values["preflight_only"]:
+    if values["model_revision"] is None and not values["preflight_only"] and require_revision:
         bad("model_revision", None, "the 40-hex commit of model_repo to deploy (pin it; the "
             "469B cut is retired upstream, so a branch may vanish): set it in group_data/all.py, "
             "the inventory or --data model_revision=<sha>; preflight_only=true needs none")
@@ -407,12 +433,13 @@ def validate(host: str, data: Mapping[str, Any]) -> Settings:
     return Settings(**values)
 
 
-def validate_many(hosts: Mapping[str, Mapping[str, Any]]) -> dict[str, Settings]:
+def validate_many(hosts: Mapping[str, Mapping[str, Any]],
+                  require_revision: bool = True) -> dict[str, Settings]:
     """Validate every host; one SettingsError with all hosts' problems."""
     out, problems = {}, []
     for name, data in hosts.items():
         try:
-            out[name] = validate(name, data)
+            out[name] = validate(name, data, require_revision)
         except SettingsError as e:
             problems.extend(e.problems)
     if problems:

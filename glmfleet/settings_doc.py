@@ -33,8 +33,8 @@ def rows() -> list[tuple[str, str, str]]:
 def table() -> str:
     body = ["| setting | default | meaning |", "|---|---|---|"]
     for name, default, comment in rows():
-        shown = default if len(default) <= 40 else default[:37] + '..."'
-        body.append(f"| `{name}` | `{shown}` | {comment} |")
+        # Whole, never cut: an operator copies defaults from here (an image tag, a key fingerprint).
+        body.append(f"| `{name}` | `{default.replace('|', '&#124;')}` | {comment} |")
     return "\n".join(body)
 
 

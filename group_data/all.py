@@ -22,7 +22,7 @@ service_dir = "/opt/glm52"  # where the box kit (compose, .env, scripts) is plac
 service_name = "glm52-vllm"  # compose service / container name
 port = 8000  # HTTP port of the OpenAI-compatible API
 bind_address = "0.0.0.0"  # address the API listens on (127.0.0.1 = loopback only)
-api_key = None  # API key the server demands (Bearer); None = open API; "generate" = one random key per fleet, kept in api_key_file
+api_key = None  # API key the server demands (Bearer); None = keep the key each host has (a host with none is refused); "generate" = one random key per fleet, kept in api_key_file; "open" = no key: anyone who reaches the port may use the API
 api_key_file = ".secrets/api-key"  # controller file (0600, relative = from where pyinfra runs) holding the generated key; never printed
 served_model_name = "glm-5.2"  # primary model name in the API (aliases below are always added)
 served_model_aliases = ["GLM-5.2-NVFP4-REAP-469B", "GLM-5.2"]  # extra names clients may use

@@ -2,8 +2,10 @@
 
 One SSH command per host, no operation: each host's service state, API readiness (probed on
 the host through the kit's own client, with the kit's API key), revision, image, uptime,
-peaks from logs/peak.json and whether the kit on disk matches the settings. The run exits
-non-zero when a host is not serving the pinned revision. Nothing on the hosts changes.
+peaks from logs/peak.json and whether the kit on disk matches the settings. Needs no
+model_revision (it reports what runs; a pin that differs is shown), never prompts (-y or
+not, no terminal needed) and exits 1 only when a host is not serving (unreachable hosts
+included, with the SSH reason). Nothing on the hosts changes.
 """
 
 from pyinfra import host

@@ -17,7 +17,7 @@ to; a killed one resumes with the files it had finished. weights_fanout: one hos
 checkpoint fetches from the Hub, the others get copies over SSH and hash every file.
 """
 
-from pyinfra import state
+from pyinfra import host, state
 
 from glmfleet import runctx
 from glmfleet.weights import ops
@@ -26,6 +26,8 @@ from glmfleet.weights import ops
 def run() -> None:
     s = runctx.settings()
     manifest, error = ops.manifest_for_run(state, s)
+    if manifest is None and error is not None:  # the Hub is unreachable: what preflight kept
+        manifest = ops.held_manifest_for(state, host.name)
     if manifest is None:
         reason = str(error) if error else "model_revision is not set: nothing to download"
         ops.fail(f"no manifest for {s.model_repo}@{s.model_revision}: {reason}",

@@ -5,6 +5,7 @@
     python -m testbed down [--workdir DIR | --all]
     python -m testbed rootfs          # build (or show) the cached host images
     python -m testbed demo [--keep]   # the real deploy.py on 3 simulated hosts, then teardown
+    python -m testbed site up|status|down   # a standing simulated site to follow the README on
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def cmd_down(a) -> int:
 
 def cmd_rootfs(a) -> int:
     for suite, init in rootfs.PROFILES:
-        print(f"{rootfs.SUITES[suite]} ({suite}), init {init}: {rootfs.ensure_rootfs(suite, init)}")
+        print(f"testbed: test-host image {rootfs.SUITES[suite]} ({suite}), init {init} ready "
+              f"(cached in {rootfs.ensure_rootfs(suite, init)})")
     return 0
 
 
@@ -90,6 +92,12 @@ def cmd_demo(a) -> int:
     from testbed.demo import run_demo
 
     return run_demo(keep=a.keep)
+
+
+def cmd_site(a) -> int:
+    from testbed import site
+
+    return site.main(a)
 
 
 def main(argv=None) -> int:
@@ -116,9 +124,14 @@ def main(argv=None) -> int:
     sub.add_parser("rootfs", help="build or show the cached host images (every profile the tests use)")
     demo = sub.add_parser("demo", help="run the real deploy.py on 3 simulated hosts, then tear down")
     demo.add_argument("--keep", action="store_true", help="leave the fleet up afterwards")
+    site = sub.add_parser("site", help="a standing simulated site (every double running) until `site down`")
+    site.add_argument("action", choices=("up", "status", "down", "keep"),
+                      help="keep: the site's own keeper process (started by up)")
+    site.add_argument("--workdir", default="/var/tmp/glmfleet-site-cli")
+    site.add_argument("--hosts", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     return {"up": cmd_up, "status": cmd_status, "down": cmd_down, "rootfs": cmd_rootfs,
-            "demo": cmd_demo}[a.cmd](a)
+            "demo": cmd_demo, "site": cmd_site}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ repositories (a local signed repository) and the serving image.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,11 +48,15 @@ class Site:
             subprocess.run([pyinfra, site.inventory, "deploy.py", "-y"], cwd=REPO)
     """
 
-    def __init__(self, hosts: dict[str, str], fleet: Fleet | None = None, keep: bool = False):
+    def __init__(self, hosts: dict[str, str], fleet: Fleet | None = None, keep: bool = False,
+                 work: Path | None = None):
         self.profiles, self.keep = hosts, keep
         self.own_fleet = fleet is None
         self.fleet = fleet or Fleet(cleanup_at_exit=not keep)
-        self.work = Path(tempfile.mkdtemp(prefix="glmfleet-site-"))
+        # The checkpoint, the inventory, the API key file; a temporary one is removed on close.
+        self.own_work = work is None
+        self.work = Path(work) if work else Path(tempfile.mkdtemp(prefix="glmfleet-site-"))
+        self.work.mkdir(parents=True, exist_ok=True)
         self.hubs: list[HubDouble] = []
         self.apt_repo: AptRepoDouble | None = None
         self.inventory: Path | None = None
@@ -100,6 +105,8 @@ class Site:
                                        revision=DEFAULT_REVISION, host=h.gateway, port=0).start())
             data[name] = {**self.apt_repo.settings(h.gateway), "docker_packages": "distro",
                           "model_revision": DEFAULT_REVISION, "hf_endpoint": self.hubs[-1].url,
+                          # one key for the site's API, kept beside its inventory
+                          "api_key": "generate", "api_key_file": str(self.work / "api-key"),
                           "weights_dir": "/srv/glm/weights",
                           "preflight_report": str(self.work / "preflight-report.json")}
         self.inventory = self.fleet.write_inventory(self.work / "inventory.py",
@@ -112,6 +119,8 @@ class Site:
             self.apt_repo.stop()
         if self.keep:
             return
+        if self.own_work:
+            shutil.rmtree(self.work, ignore_errors=True)
         if self.own_fleet:
             self.fleet.teardown()
         else:
@@ -133,8 +142,9 @@ def run_demo(keep: bool = False, extra_args: list[str] | None = None) -> int:
               "\nSIMULATED fleet: the GPUs, the Hub, the apt repositories and the serving image "
               "above were test doubles.")
         if keep:
-            print(f"--keep: hosts left up (the Hub and apt doubles stop with the demo); "
-                  f"tear down with: python -m testbed down --workdir {site.fleet.workdir}")
+            print(f"--keep: hosts left up (the Hub and apt doubles stop with the demo; for a site "
+                  f"that keeps them: python -m testbed site up); tear down with: "
+                  f"python -m testbed down --workdir {site.fleet.workdir}")
     if not keep:
         print("Simulated fleet torn down.")
     return rc

@@ -375,9 +375,14 @@ def cdi_decision(setting: str, toolkit_version: str | None, has_driver: bool) ->
         return False, (f"CDI spec not generated: toolkit {toolkit_version or 'unknown'} < 1.18 "
                        "(set nvidia_cdi=on to force)")
     if not has_driver:
-        return False, "CDI spec not generated: no NVIDIA driver on this host (nvidia-smi not found)"
+        return False, ("CDI spec not generated: " + NO_NVIDIA_SMI + "; nvidia-ctk needs it to "
+                       "list the GPUs (containers still get them through the runtime hook)")
     return True, ""
 
+
+# What the toolkit stage could not find, and why that is not what preflight checked.
+NO_NVIDIA_SMI = ("nvidia-smi not found on this host (the driver's command-line tools; "
+                 "preflight's NVML check needs only libnvidia-ml.so.1)")
 
 _UUID = re.compile(r"\(UUID:\s*(GPU-[0-9A-Za-z-]+)\)")
 
@@ -439,7 +444,8 @@ def gpu_check_due(*, image: str | None, has_driver: bool, checked: str | None, k
     if image is None:
         return False, "GPU container check off (gpu_check_image=None)"
     if not has_driver:
-        return False, "GPU container check skipped: no NVIDIA driver on this host (nvidia-smi not found)"
+        return False, ("GPU container check skipped: " + NO_NVIDIA_SMI + "; install the driver's "
+                       "utils package (nvidia-utils-<version>) to have it")
     if always:
         return True, ""
     if checked == key:

@@ -22,7 +22,7 @@ from typing import Mapping
 import jinja2
 
 from glmfleet.kit.index_pattern import check_pattern
-from glmfleet.settings import REPO_ROOT, Settings
+from glmfleet.settings import API_KEY_OPEN, REPO_ROOT, Settings
 
 FILES_DIR = REPO_ROOT / "files"
 
@@ -95,7 +95,7 @@ def env_values(settings: Settings, pattern: str) -> dict[str, str]:
         "HF_CACHE_DIR": settings.hf_cache_dir,
         "BIND_HOST": settings.bind_address,
         "PORT": str(settings.port),
-        "API_KEY": settings.api_key or "",
+        "API_KEY": "" if settings.api_key in (None, API_KEY_OPEN) else settings.api_key,
         "SERVED_MODEL_NAMES": ",".join(settings.served_names),
         "ENABLE_THINKING": _flag(settings.enable_thinking),
         "REASONING_EFFORT": effort,
@@ -155,15 +155,20 @@ def runtime_fingerprint(files: Mapping[str, tuple[str, int]]) -> str:
     """sha256 of what the running container depends on: the compose file, serve.sh and the .env
     values the compose file uses. A change here needs a restart; a change elsewhere in the kit
     (launch.sh's timeouts, comments, the harnesses) does not."""
-    compose = files["docker-compose.yml"][0]
-    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", compose)) | {"COMPOSE_PROJECT_NAME"}
-    values = {k: v for k, v in _kitenv().parse(files[".env"][0]).items() if k in used}
+    values = _used_env(files)
     digest = hashlib.sha256()
     for name in RESTART_ON_CHANGE:
         part = json.dumps(values, sort_keys=True) if name == ".env" else files[name][0]
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def _used_env(files: Mapping[str, tuple[str, int]]) -> dict[str, str]:
+    """The .env values the compose file uses, as the box reads them."""
+    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", files["docker-compose.yml"][0]))
+    used.add("COMPOSE_PROJECT_NAME")
+    return {k: v for k, v in _kitenv().parse(files[".env"][0]).items() if k in used}
 
 
 def _kitenv():
@@ -175,6 +180,31 @@ def _kitenv():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# The setting behind each .env value (what a restart message names).
+ENV_SETTINGS = {
+    "COMPOSE_PROJECT_NAME": "service_name", "MODEL_PATH": "weights_dir", "BIND_HOST": "bind_address",
+    "PORT": "port", "API_KEY": "api_key", "SERVED_MODEL_NAMES": "served_model_name/aliases",
+    "HF_CACHE_DIR": "hf_cache_dir", "ENABLE_THINKING": "enable_thinking",
+    "REASONING_EFFORT": "reasoning_effort", "TP": "tensor_parallel_size",
+    "DCP_SIZE": "decode_context_parallel_size", "MAX_MODEL_LEN": "max_model_len",
+    "MAX_NUM_SEQS": "max_num_seqs", "MAX_NUM_BATCHED_TOKENS": "max_num_batched_tokens",
+    "GPU_MEMORY_UTILIZATION": "gpu_memory_utilization", "ENABLE_MTP": "mtp_enabled",
+    "NUM_SPECULATIVE_TOKENS": "num_speculative_tokens", "INDEX_TOPK_PATTERN": "index_topk_pattern",
+    "READY_TIMEOUT": "ready_timeout_s", "SMOKE_TIMEOUT": "smoke_timeout_s",
+}
+
+
+def runtime_values(files: Mapping[str, tuple[str, int]]) -> dict[str, str]:
+    """What runtime_fingerprint covers, readable, to name what changed: the .env values the
+    compose file uses (never the API key: only whether one is set) and the sha256 (12 hex)
+    of the compose file and serve.sh."""
+    values = {name: hashlib.sha256(files[name][0].encode()).hexdigest()[:12]
+              for name in ("docker-compose.yml", "serve.sh")}
+    for key, value in _used_env(files).items():
+        values[key] = ("set" if value else "none") if key == "API_KEY" else value
+    return values
 
 
 def write_kit(root: str | os.PathLike, files: Mapping[str, tuple[str, int]]) -> None:

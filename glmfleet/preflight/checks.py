@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from glmfleet.preflight import cuda
-from glmfleet.settings import DCP1_MAX_MODEL_LEN, Settings
+from glmfleet.settings import API_KEY_OPEN, DCP1_MAX_MODEL_LEN, Settings
 
 GIB = 2**30
 # The recipe's size of the checkpoint (~313 GB on disk), used until the Hub manifest gives
@@ -46,12 +46,19 @@ class Check:
 
 
 def check_manifest(manifest: Mapping[str, Any] | None, error: Exception | None,
-                   settings: Settings) -> Check:
+                   settings: Settings, held: Mapping[str, Any] | None = None) -> Check:
     """The Hub's file list at the pinned revision: needed to size the disk and to download.
-    A failure blocks a deploy; a preflight-only run falls back to the size estimate."""
+    A failure blocks a deploy; a preflight-only run falls back to the size estimate. When the
+    Hub cannot be reached, a host whose weights are verified for the pinned revision goes on
+    with the manifest it holds (``held``)."""
     if manifest is not None:
         return Check("manifest", PASS, f"{settings.model_repo}@{settings.model_revision[:12]}: "
                      f"{len(manifest['files'])} files, {manifest['total_size'] / 1e9:.1f} GB")
+    if error is not None and held is not None:
+        return Check("manifest", WARN, f"cannot read the Hub's file list ({error}); this host's "
+                     f"weights are verified for {settings.model_revision[:12]}: using the manifest "
+                     f"it already holds ({len(held['files'])} files)",
+                     "nothing for this host; the Hub is needed again to download another revision")
     if error is None:
         return Check("manifest", WARN, "model_revision is not set: disk needs use the recipe's "
                      f"{ESTIMATED_WEIGHTS_BYTES / 1e9:.0f} GB estimate",
@@ -59,6 +66,18 @@ def check_manifest(manifest: Mapping[str, Any] | None, error: Exception | None,
     return Check("manifest", WARN if settings.preflight_only else FAIL,
                  f"cannot read the Hub's file list: {error}",
                  "check hf_endpoint, the HF token (hf_token_file or $HF_TOKEN) and model_revision")
+
+
+def preflight_checks(gpu: Mapping[str, Any], host: Mapping[str, Any], settings: Settings,
+                     manifest: Mapping[str, Any] | None, error: Exception | None,
+                     held: Mapping[str, Any] | None = None,
+                     docker_conflicts: list[str] | None = None) -> list[Check]:
+    """Every check of one host, the manifest first: when the Hub is the problem it is the
+    root cause, and the disk check (then sized by an estimate) only its consequence."""
+    sized = manifest or (held if error is not None else None)
+    return [check_manifest(manifest, error, settings, held),
+            *run_checks(gpu, host, settings, weights_total_bytes=sized["total_size"] if sized else None,
+                        docker_conflicts=docker_conflicts)]
 
 
 def verdict(checks: Iterable[Check]) -> str:
@@ -391,11 +410,14 @@ def check_api_exposure(settings: Settings) -> Check:
         loopback = False
     if loopback:
         return Check("api_exposure", PASS, f"API bound to loopback ({addr})")
-    if settings.api_key:
+    if settings.api_key is None:
+        return Check("api_exposure", PASS, f"API on {addr}:{settings.port}: api_key unset, the key "
+                     "the host has is kept (a host without one is refused by the service stage)")
+    if settings.api_key != API_KEY_OPEN:
         return Check("api_exposure", PASS, f"API on {addr}:{settings.port} requires an API key")
-    return Check("api_exposure", WARN, f"API on {addr}:{settings.port} with no api_key: anyone who "
-                                       "reaches the host can use it",
-                 "set api_key, or bind_address = 127.0.0.1 behind a proxy or firewall")
+    return Check("api_exposure", WARN, f'API on {addr}:{settings.port} with api_key = "open": anyone '
+                                       "who reaches the host can use it",
+                 'set api_key = "generate", or bind_address = 127.0.0.1 behind a proxy or firewall')
 
 
 def check_iommu(host: Mapping[str, Any]) -> Check:

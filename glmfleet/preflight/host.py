@@ -56,6 +56,12 @@ if [ -d "$W" ]; then
 @EXPECTED@
 GLMFLEET_MANIFEST
   echo "weights_present_bytes=$b"
+  # Weights the weights stage verified, and the manifest it verified them against: a Hub
+  # outage need not stop a host that already holds the pinned revision.
+  if [ -f "$W/.glmfleet/VERIFIED" ] && [ -f "$W/.glmfleet/manifest.json" ]; then
+    echo "weights_verified=$(head -c 100 "$W/.glmfleet/VERIFIED" | tr -d ' \n')"
+    echo "weights_held_manifest=$(tr -d '\n' < "$W/.glmfleet/manifest.json")"
+  fi
 fi
 df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print "shm_total_kb=" $2; print "shm_free_kb=" $4}'
 awk '$2 == "/dev/shm" {print "shm_fstype=" $3}' /proc/mounts 2>/dev/null
@@ -232,6 +238,8 @@ def parse_host_facts(text: str) -> dict[str, Any]:
     no python3), python_implementation ("cpython"), cpus, mem_total_bytes, mem_available_bytes,
     weights_existing_parent, weights_fs_mount, weights_fs_total_bytes, weights_fs_free_bytes,
     weights_present_bytes (0 when weights_dir does not exist yet),
+    weights_verified (the revision the weights stage verified), weights_held_manifest (the
+    manifest it verified against, JSON text),
     shm_total_bytes, shm_free_bytes, shm_fstype,
     listen_tool ("ss" | "proc"), port_listeners [{address, pid, process, container_id}],
     kernel_cmdline, iommu_cmdline_flags [..], iommu_groups, iommu_units [..],
@@ -289,6 +297,8 @@ def parse_host_facts(text: str) -> dict[str, Any]:
         "weights_fs_free_bytes": _kb(kv.get("weights_fs_free_kb")),
         "weights_present_bytes": _int(kv.get("weights_present_bytes")) if "weights_present_bytes" in kv
         else (0 if kv.get("end") == "1" else None),
+        "weights_verified": kv.get("weights_verified") or None,
+        "weights_held_manifest": kv.get("weights_held_manifest") or None,  # JSON text
         "shm_total_bytes": _kb(kv.get("shm_total_kb")),
         "shm_free_bytes": _kb(kv.get("shm_free_kb")),
         "shm_fstype": kv.get("shm_fstype") or None,

@@ -3,19 +3,21 @@
     python -m glmfleet.service.kit_by_hand OUT_DIR [key=value ...]
 
 renders the kit from group_data/all.py (plus overrides) into OUT_DIR, with api_key =
-"generate" resolved to the stored fleet key as the deploy does.
+"generate" resolved to the stored fleet key and the deploy's rule for an unset api_key (keep
+the key OUT_DIR/.env already has; none there: choose "generate" or "open").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from glmfleet.kit.index_pattern import derive
 from glmfleet.kit.render import KitError, render_kit, write_kit
-from glmfleet.service.apikey import resolve
-from glmfleet.settings import SettingsError, load_defaults, validate
+from glmfleet.service.apikey import for_host, parse_dotenv_key, resolve
+from glmfleet.settings import API_KEY_OPEN, SettingsError, load_defaults, validate
 
 
 def main(argv: list[str]) -> int:
@@ -38,11 +40,17 @@ def main(argv: list[str]) -> int:
         settings = resolved["local"]
         for note in notes:
             print(note, file=sys.stderr)
+        env = Path(argv[0]) / ".env"
+        current = parse_dotenv_key(["env=1", *env.read_text().splitlines()]) if env.is_file() else None
+        key, exposure = for_host(settings.api_key, current, settings.api_key_file, settings.port)
+        settings = dataclasses.replace(settings, api_key=key or API_KEY_OPEN)
+        if exposure:
+            print(exposure, file=sys.stderr)
         config_path = Path(settings.weights_dir) / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else None
         pattern, _ = derive(config, settings.index_topk_pattern)
         write_kit(argv[0], render_kit(settings, pattern))
-    except (SettingsError, KitError, ValueError) as e:  # ApiKeyError is a ValueError
+    except (SettingsError, KitError, ValueError) as e:  # ApiKeyError, NoKeyChosen too
         print(e, file=sys.stderr)
         return 1
     print(f"kit written to {argv[0]} (then: cd {argv[0]} && ./launch.sh)")

@@ -49,12 +49,13 @@ import gevent
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 
+from glmfleet.service import apikey
 from glmfleet.service import monitor as mon
 from glmfleet import remote, runctx
 from glmfleet.service import plan as svc
 from glmfleet.kit.index_pattern import derive
 from glmfleet.kit.render import KitError, render_kit
-from glmfleet.settings import Settings
+from glmfleet.settings import API_KEY_OPEN, Settings
 
 STAGE = "service"
 EARLIER_STAGES = ("docker", "nvidia_toolkit", "weights")
@@ -72,6 +73,10 @@ class ServiceFacts(FactBase):
     def command(self, service_dir: str, weights_dir: str, image: str, service_name: str,
                 kit_paths: tuple) -> str:
         return svc.facts_command(service_dir, weights_dir, image, service_name, kit_paths)
+
+    @staticmethod
+    def default():  # pyinfra gives default() when a fact prints nothing (a bare host)
+        return svc.parse_service_facts([])
 
     def process(self, output):
         return svc.parse_service_facts(output)
@@ -95,6 +100,7 @@ class _ServiceRun:
         self.rows: dict[str, dict] = {}
         self.table_printed = False
         self.status_rows: dict[str, dict] = {}  # tasks/status.py
+        self.status_keys: dict[str, str] = {}  # the key each host serves with (never printed)
         self.status_printed = False
 
 
@@ -124,11 +130,20 @@ class Job:
     last_good: svc.Applied | None
     plan: svc.Plan
     endpoint: str
+    exposure: str | None = None  # a change of the API's exposure, named in the output
 
     def __repr__(self) -> str:
         # A job is a function-command argument, which pyinfra prints in some modes; its files
         # hold .env (the API key), so only their names are shown.
         return f"Job({self.endpoint}, kit files: {', '.join(sorted(self.files))})"
+
+
+def _host_api_key(s: Settings) -> str | None:
+    """The key in the host's .env ("" = none, None = no kit): read unprinted (a secret)."""
+    ok, lines = _sh(apikey.dotenv_key_command(s.service_dir), show=False)  # holds the key
+    if not ok:
+        raise Refusal(f"cannot read {s.service_dir}/.env to keep its API key: " + " ".join(lines)[-200:])
+    return apikey.parse_dotenv_key(lines)
 
 
 def _earlier_failure() -> str | None:
@@ -145,6 +160,11 @@ def build_job(s: Settings, strict: bool) -> Job:
     a host that must not be started; while planning, earlier stages may still fix it."""
     if strict and (why := _earlier_failure()):
         raise Refusal(why)
+    try:
+        key, exposure = apikey.for_host(s.api_key, _host_api_key(s), s.api_key_file, s.port)
+    except apikey.NoKeyChosen as e:
+        raise Refusal(str(e)) from None
+    s = dataclasses.replace(s, api_key=key or API_KEY_OPEN)
     probe = render_kit(s, derive(None, s.index_topk_pattern)[0])  # the paths only
     facts = _facts(s, probe.keys())
     if strict:
@@ -174,7 +194,8 @@ def build_job(s: Settings, strict: bool) -> Job:
     plan = svc.plan_change(files, facts["files"], applied, want, bool(container.get("running")))
     return Job(s, files, pattern, source, facts, want, applied,
                svc.Applied.from_json(facts["last_good"]), plan,
-               svc.endpoint(s.bind_address, s.port, str(host.data.get("ssh_hostname") or host.name)))
+               svc.endpoint(s.bind_address, s.port, str(host.data.get("ssh_hostname") or host.name)),
+               exposure)
 
 
 # --- helpers run inside _apply (the host's greenlet, at execution) ---------------------------
@@ -304,6 +325,8 @@ def _apply(state, host, job: Job) -> bool:  # noqa: ARG001 (pyinfra passes state
         raise
     finally:
         run.rollout.finish(host.name, ok)
+        if ok and job.exposure:
+            detail += f"; {job.exposure}"
         _result(job, "PASS" if ok else "FAIL", action, detail)
     return ok
 
@@ -311,6 +334,8 @@ def _apply(state, host, job: Job) -> bool:  # noqa: ARG001 (pyinfra passes state
 def _apply_inner(job: Job) -> tuple[bool, str]:
     s, plan = job.settings, job.plan
     _say(f"service: {plan.describe()} [{service_run(host.state).rollout.role(host.name)}]")
+    if job.exposure:
+        _say(f"service: {job.exposure}")
     if job.applied is not None and job.last_good is None:
         # Running a kit of ours with no saved copy (e.g. an interrupted first run): keep it
         # as the fallback before changing anything.
@@ -434,10 +459,13 @@ def rollout():
             service_run(host.state).rollout.drop(host.name)
             _result(None, "FAIL", "refused", str(e), s)
             yield runctx.fail_command(str(e))
+        else:
+            runctx.echo(f"[{host.name}] service would be refused: {e}")
         return
     if not executing:
         if job.plan.changes:  # what --dry shows: the file names and reasons, never content
-            runctx.echo(f"[{host.name}] service would {job.plan.describe()}")
+            exposure = f"; {job.exposure}" if job.exposure else ""
+            runctx.echo(f"[{host.name}] service would {job.plan.describe()}{exposure}")
             yield FunctionCommand(_apply, (job,), {})
         return
 
@@ -469,6 +497,10 @@ class MonitorFacts(FactBase):
 
     def command(self, service_dir: str, service_name: str) -> str:
         return mon.facts_command(service_dir, service_name)
+
+    @staticmethod
+    def default():  # a bare host prints nothing: no kit, no systemd, no monitor
+        return mon.parse_facts([])
 
     def process(self, output):
         return mon.parse_facts(output)
@@ -523,6 +555,12 @@ class ServiceStatusFacts(FactBase):
 
         return status_command(service_dir, weights_dir, image, service_name, kit_paths)
 
+    @staticmethod
+    def default():
+        from glmfleet.service.status import parse_status
+
+        return parse_status([])
+
     def process(self, output):
         from glmfleet.service.status import parse_status
 
@@ -530,41 +568,46 @@ class ServiceStatusFacts(FactBase):
 
 
 def record_status(state, h) -> None:
-    """Gather one host's status (at planning time: nothing is changed); once every active
-    host has reported, print the table and mark the hosts that are not serving as failed,
-    so the run's exit status says whether the whole fleet serves the pinned revision."""
-    from pyinfra.api.exceptions import PyinfraError
+    """Gather one host's status (at planning time: nothing is changed); once every host has
+    reported (or could not be reached), print the table and end the run: exit status 1 when
+    a host is not serving, else 0. Ending here, before pyinfra's confirmation prompt, keeps
+    status scriptable (cron, CI: no terminal needed, -y or not)."""
+    import sys
 
-    from glmfleet.service.status import status_row, status_table
+    from glmfleet.service.status import status_row, status_table, unreachable_row
 
     s = runctx.settings(state, h)
     probe = render_kit(s, derive(None, s.index_topk_pattern)[0])
     facts = h.get_fact(ServiceStatusFacts, service_dir=s.service_dir, weights_dir=s.weights_dir,
                        image=s.image, service_name=s.service_name, kit_paths=tuple(sorted(probe)))
     try:
+        ok, out = h.run_shell_command(StringCommand(apikey.dotenv_key_command(s.service_dir)),
+                                      print_output=False)  # the key: never printed
+        key = apikey.parse_dotenv_key([line.line for line in out]) if ok else None
+        key, _ = apikey.for_host(s.api_key, key, s.api_key_file, s.port)
+        s = dataclasses.replace(s, api_key=key or API_KEY_OPEN)
         config = json.loads(facts["config_json"]) if facts["config_json"] else None
         files = render_kit(s, derive(config, s.index_topk_pattern)[0])
-    except (KitError, ValueError):
+    except (KitError, ValueError):  # NoKeyChosen too: no kit to compare with
         files = None
     ep = svc.endpoint(s.bind_address, s.port, str(h.data.get("ssh_hostname") or h.name))
     run = service_run(state)
     run.status_rows[h.name] = status_row(facts, files, s.model_revision, ep)
+    run.status_keys[h.name] = "" if s.api_key in (None, API_KEY_OPEN) else s.api_key
     expected = {x.name for x in state.inventory.get_active_hosts()}
     if not expected <= set(run.status_rows) or run.status_printed:
         return
     run.status_printed = True
+    for name, (reason, _) in runctx.run_for(state).unreachable.items():
+        run.status_rows[name] = unreachable_row(reason)
     runctx.echo(status_table(run.status_rows))
-    down = {x for x in state.inventory.get_active_hosts() if not run.status_rows[x.name]["healthy"]}
+    down = {name for name, row in run.status_rows.items() if not row["healthy"]}
     suite = s.status_harness
     if suite:
-        failed = _fleet_harness(state, suite, run.status_rows)
-        down |= {x for x in state.inventory.get_active_hosts() if x.name in failed}
+        down |= _fleet_harness(state, suite, run.status_rows)
     if down:
-        try:
-            state.fail_hosts(down)
-        except PyinfraError:
-            raise PyinfraError("no host is serving the pinned revision (see the table above); "
-                               "nothing was changed") from None
+        runctx.echo(f"Not serving: {', '.join(sorted(down))} (see the table above); nothing was changed")
+    sys.exit(1 if down else 0)
 
 
 def _fleet_harness(state, suite: str, rows: dict) -> set[str]:
@@ -586,7 +629,8 @@ def _fleet_harness(state, suite: str, rows: dict) -> set[str]:
             return h.name, harness_row(None, "not serving (see the status table)")
         if url is None:
             return h.name, harness_row(None, "API bound to loopback: not reachable from here")
-        env = {**os.environ, "API_KEY": s.api_key or "", "MODEL": s.served_model_name}
+        env = {**os.environ, "API_KEY": service_run(state).status_keys.get(h.name, ""),
+               "MODEL": s.served_model_name}
         try:
             p = subprocess.run(harness_argv(sys.executable, str(REPO_ROOT), suite, url), env=env,
                                capture_output=True, text=True, timeout=3 * 3600)

@@ -25,8 +25,8 @@ import re
 from typing import Any, Iterable, Mapping
 
 from glmfleet.kit.index_pattern import skip_count
-from glmfleet.kit.render import FILES_DIR, runtime_fingerprint
-from glmfleet.report import clip, short_image
+from glmfleet.kit.render import ENV_SETTINGS, FILES_DIR, runtime_fingerprint, runtime_values
+from glmfleet.report import clip, fit_table, image_cells
 
 STATE_DIR = ".glmfleet"
 APPLIED = f"{STATE_DIR}/applied.json"
@@ -61,6 +61,7 @@ class Applied:
     image: str               # image reference (repo:tag)
     image_id: str | None     # the local image id behind the reference when it started
     revision: str | None     # weights revision (the VERIFIED marker's content)
+    values: dict | None = None  # kit.render.runtime_values: to name what changed (no secret)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True) + "\n"
@@ -104,7 +105,25 @@ class Plan:
 
 def desired_applied(files: Mapping[str, tuple[str, int]], image: str, image_id: str | None,
                     revision: str | None) -> Applied:
-    return Applied(runtime_fingerprint(files), image, image_id, revision)
+    return Applied(runtime_fingerprint(files), image, image_id, revision, runtime_values(files))
+
+
+def runtime_change(old: Mapping[str, str] | None, new: Mapping[str, str] | None) -> str:
+    """Why the runtime fingerprint changed, naming the settings where it can."""
+    if not old or not new:
+        return "compose file / .env / serve.sh changed"
+    named = []
+    for key in sorted(set(old) | set(new), key=lambda k: (k not in ENV_SETTINGS, k)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "API_KEY":
+            named.append(f"api_key ({a} -> {b})")
+        elif key in ENV_SETTINGS:
+            named.append(f"{ENV_SETTINGS[key]} ({clip(str(a), 20)} -> {clip(str(b), 20)})")
+        else:
+            named.append(f"{key} (the kit's own file changed)")
+    return "settings changed: " + ", ".join(named) if named else "api_key (the API key changed)"
 
 
 def plan_change(files: Mapping[str, tuple[str, int]], current: Mapping[str, tuple[str, str]],
@@ -119,7 +138,7 @@ def plan_change(files: Mapping[str, tuple[str, int]], current: Mapping[str, tupl
         reasons.append("first start by glmfleet")
     else:
         if applied.runtime != want.runtime:
-            reasons.append("compose file / .env / serve.sh changed")
+            reasons.append(runtime_change(applied.values, want.values))
         if applied.image != want.image:
             reasons.append(f"image {applied.image} -> {want.image}")
         elif want.image_id is None or applied.image_id != want.image_id:
@@ -403,16 +422,14 @@ class Rollout:
 
 def rollout_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """The service stage's closing table: one row per host."""
-    from tabulate import tabulate
-
+    images = image_cells(r.get("image") for r in rows.values())
     body = []
     for host in sorted(rows):
         r = rows[host]
         peak = r.get("peak_decode")
         body.append([host, r.get("action", "-"), r.get("status", "-"), r.get("endpoint", "-"),
-                     (r.get("revision") or "-")[:12], short_image(r.get("image")),
-                     f"{peak:.1f}" if isinstance(peak, (int, float)) else "-",
-                     clip(r.get("detail", ""), 70)])
-    return "\nService rollout\n" + tabulate(body, headers=[
+                     (r.get("revision") or "-")[:12], images[r.get("image")],
+                     f"{peak:.1f}" if isinstance(peak, (int, float)) else "-", r.get("detail", "")])
+    return "\nService rollout\n" + fit_table(body, [
         "host", "action", "result", "endpoint", "revision", "image", "peak decode tok/s", "detail"],
-        disable_numparse=True)
+        detail=7)

@@ -13,7 +13,7 @@ import json
 from typing import Any, Mapping
 
 from glmfleet.service import plan as svc
-from glmfleet.report import short_image
+from glmfleet.report import fit_table, image_cells
 
 
 def status_command(service_dir: str, weights_dir: str, image: str, service_name: str,
@@ -71,7 +71,9 @@ def status_row(facts: Mapping[str, Any], files: Mapping[str, tuple[str, int]] | 
     rc = facts.get("probe_rc")
     ready = {"0": "answering", "2": "key refused", None: "-"}.get(rc, "not answering")
     revision = applied.revision if applied else None
-    rev_note = "" if not revision or revision == pinned_revision else " (not the pinned one)"
+    # No pin (status needs none): report what runs. A pin that differs is shown, not a failure.
+    rev_note = "" if not revision or not pinned_revision or revision == pinned_revision \
+        else " (not the pinned one)"
     drift = []
     if files is not None and applied is not None:
         drift = [p for p, (c, m) in sorted(files.items()) if facts["files"].get(p) != svc.file_digest(c, m)]
@@ -79,7 +81,7 @@ def status_row(facts: Mapping[str, Any], files: Mapping[str, tuple[str, int]] | 
         peak = json.loads(facts.get("peak") or "{}")
     except ValueError:
         peak = {}
-    healthy = state == "running" and ready == "answering" and not rev_note
+    healthy = state == "running" and ready == "answering"  # serving; the exit status says so
     return {
         "state": state, "ready": ready, "endpoint": endpoint,
         "revision": (revision[:12] + rev_note) if revision else "-",
@@ -91,19 +93,24 @@ def status_row(facts: Mapping[str, Any], files: Mapping[str, tuple[str, int]] | 
     }
 
 
-def status_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    from tabulate import tabulate
+def unreachable_row(reason: str) -> dict[str, Any]:
+    """The row of a host the status run could not reach (reason: the SSH failure)."""
+    return {"state": "unreachable", "ready": "-", "endpoint": "-", "revision": "-", "image": "-",
+            "uptime": "-", "peak_prefill": None, "peak_decode": None, "kit": reason, "healthy": False}
 
+
+def status_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     def num(v):
         return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
 
-    body = [[h, r["state"], r["ready"], r["endpoint"], r["revision"], short_image(r["image"]),
+    images = image_cells(r["image"] for r in rows.values())
+    body = [[h, r["state"], r["ready"], r["endpoint"], r["revision"], images[r["image"]],
              r["uptime"], num(r["peak_prefill"]), num(r["peak_decode"]), r["kit"]]
             for h, r in sorted(rows.items())]
     healthy = sum(1 for r in rows.values() if r["healthy"])
-    return (f"\nService status ({healthy} of {len(rows)} hosts serving the pinned revision)\n"
-            + tabulate(body, headers=["host", "service", "API", "endpoint", "revision", "image",
-                                      "uptime", "peak prefill tok/s", "peak decode tok/s", "kit"], disable_numparse=True))
+    return (f"\nService status ({healthy} of {len(rows)} hosts serving)\n"
+            + fit_table(body, ["host", "service", "API", "endpoint", "revision", "image",
+                               "uptime", "peak prefill tok/s", "peak decode tok/s", "kit / detail"], detail=9))
 
 
 # --- fleet coherence check from the controller (status_harness) -------------------------------

@@ -67,6 +67,48 @@ def fetch_manifest(repo: str, revision: str, endpoint: str | None = None,
     return build_manifest(repo, commit, files)
 
 
+def head_commit(repo: str, endpoint: str | None = None, token: str | None = None,
+                branch: str = "main") -> str:
+    """The commit `branch` of `repo` points at now (for the operator to check and pin; the
+    deploy never uses a branch by itself). Raises ManifestError as fetch_manifest does."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi(endpoint=endpoint).model_info(repo, revision=branch, token=token or False).sha
+    except Exception as e:  # huggingface_hub's and the HTTP client's own errors
+        kind, message = hub_error_message(e, repo, branch, endpoint)
+        raise ManifestError(message, kind) from None
+
+
+def revision_hints(hosts: Mapping[str, Mapping[str, Any]], token: str | None = None) -> list[str]:
+    """For the hosts whose model_revision is missing (a deploy run): the Hub's current head
+    commit of their model_repo, read now, as a line telling how to pin it."""
+    import os
+
+    wanted = {(d.get("model_repo"), d.get("hf_endpoint"), d.get("hf_token_file"))
+              for d in hosts.values() if d.get("model_revision") is None and not d.get("preflight_only")}
+    lines = []
+    for repo, endpoint, token_file in sorted(wanted, key=str):
+        if not repo:
+            continue
+        where = endpoint or "huggingface.co"
+        try:
+            if token is None and token_file:
+                with open(os.path.expanduser(token_file)) as f:
+                    token = f.read().strip() or None
+            sha = head_commit(repo, endpoint, token or os.environ.get("HF_TOKEN"))
+        except OSError as e:
+            lines.append(f"the head commit of {repo} was not read: hf_token_file: {e.strerror}")
+            continue
+        except ManifestError as e:
+            lines.append(f"the head commit of {repo} could not be read from {where}: {e}")
+            continue
+        lines.append(f"{repo}: the Hub's current head commit (main, read now from {where}) is {sha}; "
+                     f"check it is the one you want, then pin it: --data model_revision={sha} "
+                     "(or in group_data/all.py); the deploy never pins it by itself")
+    return lines
+
+
 def _entry(item: Any) -> dict:
     lfs = getattr(item, "lfs", None)
     sha256 = None
@@ -115,6 +157,19 @@ def loads(text: str) -> dict:
         raise ManifestError(f"the weights manifest is not JSON: {e}", "format") from None
     check_manifest(manifest)
     return manifest
+
+
+def held_manifest(verified: str | None, text: str | None, repo: str, revision: str | None) -> dict | None:
+    """The manifest a host already holds, when its weights were verified for exactly the
+    pinned repo and revision against it (what preflight and the weights stage fall back to
+    when the Hub cannot be reached); else None."""
+    if not revision or verified != revision or not text:
+        return None
+    try:
+        manifest = loads(text)
+    except ManifestError:
+        return None
+    return manifest if (manifest["repo"], manifest["revision"]) == (repo, revision) else None
 
 
 # ---- comparisons -------------------------------------------------------------------------

@@ -91,6 +91,16 @@ def manifest_for_run(state, s: Settings):
     return cache[key]
 
 
+def keep_held_manifest(state, host_name: str, manifest: dict) -> None:
+    """Preflight found the Hub unreachable and this host verified for the pinned revision:
+    its own manifest stands in for the Hub's for the rest of the run."""
+    runctx.per_run(state, "weights.held", lambda _state: {})[host_name] = manifest
+
+
+def held_manifest_for(state, host_name: str) -> dict | None:
+    return runctx.per_run(state, "weights.held", lambda _state: {}).get(host_name)
+
+
 # ---- the fact --------------------------------------------------------------------------------
 
 class WeightsHostState(FactBase):

@@ -1,5 +1,8 @@
-"""The whole deploy.py, every stage, on one simulated GPU host: a first run ends serving, a
-second run with nothing changed reports no change at all, and --dry shows none either.
+"""The whole deploy.py, every stage, on one simulated GPU host, in each of pyinfra's ways of
+running: --dry on the bare host (plans every stage, changes nothing), then the deploy
+without -y (pyinfra plans every operation, asks, then executes: both phases of every stage
+run), a second run with -y (operations run once, at execution) that changes nothing, a
+--dry that finds nothing to change; then a Hub outage (the verified host goes on).
 
 The doubles are the demo's (testbed/demo.py Site): NVML, the Hub, Docker's and NVIDIA's apt
 repositories, the serving image (pre-loaded, as simulated hosts have no registry)."""
@@ -23,9 +26,15 @@ def site(fleet):
         yield s
 
 
-def deploy(pyinfra_cli, site, *args):
-    r = subprocess.run([pyinfra_cli, "-y", "--json", *args, str(site.inventory), "deploy.py"],
-                       cwd=REPO, capture_output=True, text=True, timeout=900)
+def pyinfra(pyinfra_cli, site, *args, stdin: str | None = None):
+    r = subprocess.run([pyinfra_cli, *args, str(site.inventory), "deploy.py"], cwd=REPO,
+                       input=stdin, capture_output=True, text=True, timeout=900)
+    assert "Traceback" not in r.stdout + r.stderr, (r.stdout + r.stderr)[-6000:]
+    return r
+
+
+def deploy_json(pyinfra_cli, site, *args):
+    r = pyinfra(pyinfra_cli, site, "--json", *args)
     try:
         report = json.loads(r.stdout)
     except ValueError:
@@ -44,32 +53,67 @@ def container(h) -> dict:
     return dict(zip(("id", "started", "running"), out)) | {"running": out[-1:] == ["true"]}
 
 
-def test_first_run_serves_then_second_run_changes_nothing(site, pyinfra_cli):
-    rc, first, err = deploy(pyinfra_cli, site)
-    assert rc == 0, err[-6000:]
-    assert changed(first), "the first run on a bare host must change things"
-    for stage in ("docker", "nvidia_toolkit", "weights", "service"):
-        assert any(op["name"].startswith(f"tasks/{stage}.py") for op in first["results"]["operations"])
-    assert "[e2e-gpu] service: PASS" in err and "READY at http://" in err
-    summary = err[err.rindex("Fleet summary"):]
-    row = next(line for line in summary.splitlines() if line.startswith("e2e-gpu"))
-    assert f"http://{site.fleet['e2e-gpu'].address}:8000/v1" in row and " ok " in row
+def planned(report) -> list[str]:
+    return [op["name"] for op in report["plan"] if op["hosts_with_change"]]
 
+
+def test_dry_then_deploy_without_y_then_no_change_with_y_and_dry(site, pyinfra_cli):
     host = site.fleet["e2e-gpu"]
+    env = host.root / "opt/glm52/.env"  # the kit (the site override may sit beside it)
+
+    # --dry on the bare host: every stage planned (facts of a bare host), nothing changed.
+    rc, dry, err = deploy_json(pyinfra_cli, site, "--dry")
+    assert rc == 0, err[-6000:]
+    assert dry["results"] is None and planned(dry), err[-6000:]
+    assert "Preflight readiness" in err
+    assert not env.exists(), "--dry must change nothing"
+
+    # Without -y: pyinfra plans every operation, shows the changes, waits for Enter, runs.
+    r = pyinfra(pyinfra_cli, site, stdin="\n")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    assert "Detected changes" in out
+    assert "[e2e-gpu] service: PASS" in out and "READY at http://" in out
+    summary = out[out.rindex("Fleet summary"):]
+    row = next(line for line in summary.splitlines() if line.startswith("e2e-gpu"))
+    assert f"http://{host.address}:8000/v1" in row and " ok " in row
     before = container(host)
     assert before["running"], before
-    rc, second, err = deploy(pyinfra_cli, site)
+
+    # -y: operations run once, at execution; nothing changed since, so nothing changes.
+    rc, second, err = deploy_json(pyinfra_cli, site, "-y")
     assert rc == 0, err[-6000:]
     assert changed(second) == [], err[-6000:]
     # Nothing restarted: the same container (id and start time) the first run started.
     assert container(host) == before
     assert "service: PASS" in err and "unchanged" in err.lower()
 
-    rc, dry, err = deploy(pyinfra_cli, site, "--dry")
+    # --dry on the serving host: zero changes planned.
+    rc, dry, err = deploy_json(pyinfra_cli, site, "--dry")
     assert rc == 0, err[-6000:]
-    assert "e2e-gpu" in err and "Preflight readiness" in err
-    assert dry["results"] is None and dry["plan"], "--dry plans and executes nothing"
-    would_change = [op["name"] for op in dry["plan"]
-                    if op["hosts_with_change"] or op["hosts_with_conditional_change"]]
-    assert would_change == [], would_change
+    assert planned(dry) == [], err[-6000:]
     assert container(host) == before
+    assert "e2e-gpu" in err and "Preflight readiness" in err
+
+    # The Hub goes away. The host's weights are verified for the pinned revision: it passes
+    # preflight with the manifest it holds (a WARN saying so) and the run changes nothing.
+    for hub in site.hubs:
+        hub.stop()
+    rc, outage, err = deploy_json(pyinfra_cli, site, "-y")
+    assert rc == 0, err[-6000:]
+    assert changed(outage) == [], err[-6000:]
+    row = next(line for line in err[err.index("Preflight readiness"):].splitlines()
+               if line.startswith("e2e-gpu "))
+    assert " WARN " in row and "cannot read the Hub's file list" in row, row
+    assert "using the manifest it already holds" in err
+    # Without verified weights the same outage stops the host, and the first reason given is
+    # the Hub (the root cause), not the disk estimate it leads to.
+    marker = host.root / "srv/glm/weights/.glmfleet/VERIFIED"
+    marker.rename(marker.with_name("VERIFIED.bak"))
+    try:
+        err = pyinfra(pyinfra_cli, site, "--dry").stderr  # its only host fails: no JSON
+    finally:
+        marker.with_name("VERIFIED.bak").rename(marker)
+    row = next(line for line in err[err.index("Preflight readiness"):].splitlines()
+               if line.startswith("e2e-gpu "))
+    assert " FAIL " in row and "cannot read the Hub's file list" in row, row

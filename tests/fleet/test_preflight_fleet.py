@@ -183,3 +183,33 @@ def test_bad_settings_refused_before_any_connection(fleet, make_host, pyinfra_cl
     assert rc != 0
     assert "pf-bad: setting 'decode_context_parallel_size' = 3" in err
     assert "one of 1, 2, 4" in err and "Connecting" not in err
+
+
+def test_unreachable_hosts_stay_in_the_table_and_report_with_the_ssh_reason(fleet, preflight_fleet,
+                                                                            hub, pyinfra_cli):
+    good = fleet["pf-good"]
+    base = {**fleet.ssh_data(good), "model_revision": DEFAULT_REVISION, "hf_endpoint": hub.url}
+    hosts = {"pf-good": base,
+             "gone-refused": {**base, "ssh_port": 2},
+             "gone-dns": {**base, "ssh_hostname": "gone.invalid"},
+             "gone-auth": {**base, "ssh_user": "nosuchuser"}}
+    work = preflight_fleet["work"]
+    inventory = work / "inv-unreachable.py"
+    inventory.write_text(f"hosts = {list(hosts.items())!r}\n")
+    report_path = work / "unreachable.json"
+    rc, out, err = run_pyinfra(pyinfra_cli, inventory, "deploy.py", "--data", "preflight_only=true",
+                               "--data", f"preflight_report={report_path}")
+    assert "Traceback" not in out + err
+    table = err[err.index("Preflight readiness"):]
+    expect = {"gone-refused": "connection refused", "gone-dns": "does not resolve (DNS)",
+              "gone-auth": "authentication failed"}
+    for name, what in expect.items():
+        row = next(line for line in table.splitlines() if line.startswith(name + " "))
+        assert "FAIL" in row and "unreachable: SSH" in row and what in row, row
+    assert " FAIL " not in next(line for line in table.splitlines() if line.startswith("pf-good "))
+    report = json.loads(report_path.read_text())
+    for name, what in expect.items():
+        entry = report["hosts"][name]
+        assert entry["verdict"] == "FAIL" and what in entry["checks"][0]["reason"]
+        assert entry["checks"][0]["remedy"]
+    assert report["hosts"]["pf-good"]["verdict"] in ("PASS", "WARN")

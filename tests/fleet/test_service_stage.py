@@ -76,7 +76,9 @@ def svc_fleet(fleet, tmp_path_factory):
         with ThreadPoolExecutor(len(HOSTS)) as pool:
             list(pool.map(lambda h: serving_image.preload(h, IMAGE), [fleet[n] for n in HOSTS]))
         (work / "deploy.py").write_text(DEPLOY)
-        yield {"fleet": fleet, "work": work, "data": {n: {"model_revision": REVISION} for n in HOSTS}}
+        # api_key = "open": these hosts serve with no key, said on purpose (the only way).
+        yield {"fleet": fleet, "work": work,
+               "data": {n: {"model_revision": REVISION, "api_key": "open"} for n in HOSTS}}
     finally:
         for name in made:
             if name in fleet.hosts:
@@ -236,7 +238,8 @@ def test_thinking_off_restarts_exactly_that_host(svc_fleet, first, pyinfra_cli):
     assert rc == 0 and report["results"] is None, log[-3000:]
     rollout_op = next(op for op in report["plan"] if "kit placed" in op["name"])
     assert rollout_op["hosts_with_change"] == ["sv-b"]
-    assert "[sv-b] service would restart: compose file / .env / serve.sh changed; kit files: .env" in log
+    assert ("[sv-b] service would restart: settings changed: enable_thinking (1 -> 0); kit files: .env"
+            in log)
     assert {n: container(fleet[n]) for n in HOSTS} == before
     rc, report, log, _ = deploy(svc_fleet, pyinfra_cli, tag="thinking-off")
     assert rc == 0, log[-4000:]
@@ -246,7 +249,7 @@ def test_thinking_off_restarts_exactly_that_host(svc_fleet, first, pyinfra_cli):
     for name in ("sv-a", "sv-c"):
         assert after[name] == before[name]
     line = service_line(log, "sv-b")
-    assert "restarted (compose file / .env / serve.sh changed)" in line and "thinking off" in line
+    assert "restarted (settings changed: enable_thinking (1 -> 0))" in line and "thinking off" in line
     assert not ready(fleet["sv-b"]).get("reasoning")  # direct answers now
     assert ready(fleet["sv-a"]).get("reasoning")
 
@@ -261,7 +264,7 @@ def test_status_is_read_only_and_reports_every_host(svc_fleet, first, pyinfra_cl
     (svc_fleet["work"] / "status.log").write_text(r.stderr)
     assert r.returncode == 0, r.stderr[-4000:]
     status, _, coherence = r.stderr.partition("Fleet coherence (core")
-    assert "Service status (3 of 3 hosts serving the pinned revision)" in status
+    assert "Service status (3 of 3 hosts serving)" in status
     for name in HOSTS:
         row = next(line for line in status.splitlines() if line.startswith(name + " "))
         assert "running" in row and "answering" in row and "matches settings" in row, row
@@ -270,12 +273,23 @@ def test_status_is_read_only_and_reports_every_host(svc_fleet, first, pyinfra_cl
         row = next(line for line in coherence.splitlines() if line.startswith(name + " "))
         assert re.match(rf"{name}\s+PASS\s+7/7\s+\d", row), row
     assert {n: container(fleet[n]) for n in HOSTS} == before
-    # a stopped service shows, and makes the status run fail
+    # As from cron: no -y, no terminal, no model_revision (status reports what runs).
+    unpinned = {n: {k: v for k, v in d.items() if k != "model_revision"}
+                for n, d in svc_fleet["data"].items()}
+    inv = fleet.write_inventory(svc_fleet["work"] / "inv-status-cron.py", hosts=list(HOSTS),
+                                host_data=unpinned)
+    r = subprocess.run([pyinfra_cli, str(inv), "tasks/status.py"], cwd=REPO, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "Service status (3 of 3 hosts serving)" in r.stderr and "Press enter" not in r.stderr
+    assert "Traceback" not in r.stderr
+    # a stopped service shows, and makes the status run fail (still no prompt)
     fleet["sv-c"].exec(f"docker stop {NAME} >/dev/null")
-    r = subprocess.run([pyinfra_cli, "-y", str(inv), "tasks/status.py"], cwd=REPO,
+    r = subprocess.run([pyinfra_cli, str(inv), "tasks/status.py"], cwd=REPO, stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=300)
     fleet["sv-c"].exec(f"docker start {NAME} >/dev/null")
-    assert r.returncode != 0
+    assert r.returncode == 1, r.stderr[-4000:]
+    assert "Press enter" not in r.stderr and "Traceback" not in r.stderr
     row = next(line for line in r.stderr.splitlines() if line.startswith("sv-c "))
     assert "stopped" in row and "not answering" in row, row
     for _ in range(50):  # back up before the next test
@@ -346,11 +360,20 @@ def test_unverified_weights_are_refused_without_change(svc_fleet, first, pyinfra
 def test_api_key_enforced_and_never_printed(svc_fleet, first, pyinfra_cli):
     fleet = svc_fleet["fleet"]
     h = fleet["sv-a"]
+    # api_key unset on a host that serves with no key: refused, both choices named, no change.
+    del svc_fleet["data"]["sv-a"]["api_key"]
+    before = container(h)
+    rc, report, log, _ = deploy(svc_fleet, pyinfra_cli, "--limit", "sv-a", tag="api-key-unset")
+    assert rc != 0
+    line = service_line(log, "sv-a")
+    assert 'api_key = "generate"' in line and 'api_key = "open"' in line, line
+    assert container(h) == before and api(h)[0] == 200
     svc_fleet["data"]["sv-a"]["api_key"] = API_KEY
     rc, report, log, _ = deploy(svc_fleet, pyinfra_cli, "-vvv", "--diff", "--limit", "sv-a",
                                 tag="api-key")
     assert rc == 0, log[-4000:]
     assert changed_hosts(report) == {"sv-a"}
+    assert "API exposure: was open, now a key is required" in service_line(log, "sv-a")
     assert API_KEY not in log and API_KEY not in json.dumps(report)
     assert api(h)[0] == 401
     assert api(h, key="wrong-key-123")[0] == 401
@@ -363,6 +386,17 @@ def test_api_key_enforced_and_never_printed(svc_fleet, first, pyinfra_cli):
     assert API_KEY not in h.exec(f"docker logs {NAME} 2>&1; ps -eo args").stdout
     rc, report, log, _ = deploy(svc_fleet, pyinfra_cli, "--limit", "sv-a", tag="api-key-rerun")
     assert rc == 0 and changed_hosts(report) == set(), log[-4000:]
+    # A run that forgets the key keeps the one the host has (it never reopens the API).
+    del svc_fleet["data"]["sv-a"]["api_key"]
+    rc, report, log, _ = deploy(svc_fleet, pyinfra_cli, "-vvv", "--limit", "sv-a", tag="api-key-kept")
+    assert rc == 0 and changed_hosts(report) == set(), log[-4000:]
+    assert API_KEY not in log and api(h)[0] == 401 and api(h, key=API_KEY)[0] == 200
+    # Opening it again takes "open", and the output says so.
+    svc_fleet["data"]["sv-a"]["api_key"] = "open"
+    rc, report, log, _ = deploy(svc_fleet, pyinfra_cli, "--limit", "sv-a", tag="api-key-open")
+    assert rc == 0, log[-4000:]
+    assert "API exposure: key REMOVED" in service_line(log, "sv-a")
+    assert api(h)[0] == 200
 
 
 @pytest.mark.parametrize("mode", [["--serial"], ["--parallel", "1"], ["--no-wait"]])

@@ -165,8 +165,8 @@ def result_summary(r: dict) -> str:
     if r["ok"]:
         extra = f"; {len(r['extra'])} extra file(s) ignored" if r["extra"] else ""
         return (f"verified {r['files_total']} files ({human_bytes(r['bytes_total'])}) at revision "
-                f"{r['revision']}: {r['hashed_files']} hashed now, {r['cached_files']} checked "
-                f"earlier and unchanged since{extra}")
+                f"{r['revision']}: {r['hashed_files']} hashed by this check, {r['cached_files']} "
+                f"hashed as they were downloaded or by an earlier check, unchanged since{extra}")
     parts = []
     if r["missing"]:
         parts.append(f"{len(r['missing'])} missing (e.g. {r['missing'][0]})")

@@ -40,3 +40,28 @@ def test_readiness_table_details_and_json():
     assert "[FAIL] gpu_count" in text and "fix: use a 4-GPU host" in text and "[WARN] shm" in text
     assert "[PASS]" not in text
     assert as_json(pre)["hosts"]["h"]["checks"][0]["status"] == "FAIL"
+
+
+def test_tables_fit_the_terminal_by_cutting_the_detail_only():
+    from glmfleet.report import fit_table
+
+    rows = [["gpu-01", "PASS", "y" * 300], ["gpu-02", "FAIL", "short"]]
+    wide = fit_table(rows, ["host", "verdict", "detail"], detail=2, width=0)
+    assert "y" * 300 in wide
+    fitted = fit_table(rows, ["host", "verdict", "detail"], detail=2, width=80)
+    assert max(len(line) for line in fitted.splitlines()) <= 80
+    assert "gpu-01" in fitted and "PASS" in fitted and "short" in fitted and "yyy..." in fitted
+
+
+def test_image_column_shows_the_part_of_the_tag_that_differs():
+    from glmfleet.report import image_cells
+
+    old = "voipmonitor/vllm:black-benediction-b12xpr11-vllmbb6c5b7-cu132-20260608"
+    new = "voipmonitor/vllm:black-benediction-b12xpr11-vllmbb6c5b7-cu132-20260701"
+    cells = image_cells([old, new, None])
+    assert cells[old] == "vllm:...20260608" and cells[new] == "vllm:...20260701"
+    assert cells[None] == "-"
+    mid = image_cells(["r/vllm:a-b-111-z", "r/vllm:a-b-222-z"])
+    assert mid["r/vllm:a-b-111-z"] == "vllm:...111..." and mid["r/vllm:a-b-222-z"] == "vllm:...222..."
+    one = image_cells([old, old])
+    assert one[old].startswith("vllm:black-benediction")

@@ -131,6 +131,8 @@ def test_readme_settings_table_is_current():
     assert refreshed(readme) == readme, "run: python -m glmfleet.settings_doc --write"
     for key in PARSERS:
         assert f"| `{key}` |" in readme
+    # Defaults are shown whole (an operator copies the image tag from here).
+    assert f"| `image` | `{load_defaults()['image']!r}` |".replace("'", '"') in readme
 
 
 @pytest.mark.parametrize("key,value", [

@@ -423,7 +423,7 @@ def test_stand_in_nvidia_ctk_refuses_an_empty_file_like_the_real_one(tmp_path):
     ("auto", "1.18.0-1", True, True, ""),
     ("auto", "1.20.1-1", True, True, ""),
     ("auto", "1.17.8-1", True, False, "< 1.18"),
-    ("auto", "1.18.0-1", False, False, "no NVIDIA driver"),
+    ("auto", "1.18.0-1", False, False, "nvidia-smi not found on this host"),
     ("on", "1.17.8-1", False, True, ""),
     ("off", "1.20.1-1", True, False, "nvidia_cdi=off"),
 ])
@@ -530,7 +530,7 @@ def test_gpu_check_runs_only_after_a_change_or_when_asked():
     assert due(checked=plan.gpu_check_key("f0", "ubuntu:24.04"))[0]  # dockerd/toolkit changed
     assert due(checked=plan.gpu_check_key("f1", "ubuntu:22.04"))[0]  # another image
     assert due(checked=key, always=True)[0]
-    assert not due(has_driver=False)[0] and "no NVIDIA driver" in due(has_driver=False)[1]
+    assert not due(has_driver=False)[0] and "nvidia-smi not found on this host" in due(has_driver=False)[1]
     assert due(image=None) == (False, "GPU container check off (gpu_check_image=None)")
 
 

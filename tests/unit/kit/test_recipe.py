@@ -505,8 +505,14 @@ def test_serve_dcp1_ceiling_matches_the_settings_rule():
 
 def test_renderer_command_line_writes_a_kit(tmp_path, capsys):
     out = tmp_path / "kit"
-    assert recipe_main([str(out), "port=9001", f"weights_dir={tmp_path}"]) == 0
+    # No api_key and no .env there yet: the two choices are named, nothing is written.
+    assert recipe_main([str(out), "port=9001", f"weights_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert 'api_key = "generate"' in err and 'api_key = "open"' in err and not out.exists()
+    assert recipe_main([str(out), "port=9001", f"weights_dir={tmp_path}", "api_key=by-hand-key-1"]) == 0
+    assert recipe_main([str(out), "port=9001", f"weights_dir={tmp_path}"]) == 0  # key kept
     assert fake_compose.read_dotenv(out / ".env")["PORT"] == "9001"
+    assert fake_compose.read_dotenv(out / ".env")["API_KEY"] == "by-hand-key-1"
     assert (out / ".env").stat().st_mode & 0o777 == 0o600
     assert recipe_main([str(out), "port=nope"]) == 1
     assert "port" in capsys.readouterr().err

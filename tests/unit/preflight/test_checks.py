@@ -62,9 +62,10 @@ def test_verdict_and_first_failure():
 
 def test_the_target_box_passes(gpu, host, settings):
     found = run_checks(gpu, host, settings, weights_total_bytes=313_046_722_560)
-    bad = [c for c in found if c.status != "PASS"]
-    # Only the open API is worth a word on a fully set-up box.
-    assert [c.name for c in bad] == ["api_exposure"]
+    assert [c for c in found if c.status != "PASS"] == []
+    # Only an API opened on purpose is worth a word on a fully set-up box.
+    found = run_checks(gpu, host, with_(settings, api_key="open"), weights_total_bytes=313_046_722_560)
+    assert [c.name for c in found if c.status != "PASS"] == ["api_exposure"]
     assert len({c.name for c in found}) == len(found) == 19  # compose and the toolkit are part of the docker check
 
 
@@ -263,11 +264,14 @@ def test_port(host, settings):
 
 
 def test_api_exposure(settings):
-    assert checks.check_api_exposure(settings).status == "WARN"
+    unset = checks.check_api_exposure(settings)  # the host's own key is kept
+    assert unset.status == "PASS" and "kept" in unset.reason
     assert checks.check_api_exposure(with_(settings, api_key="s3cret-key")).status == "PASS"
+    opened = with_(settings, api_key="open")
+    assert checks.check_api_exposure(opened).status == "WARN"
     for addr in ("127.0.0.1", "::1", "localhost", "127.0.0.53"):
-        assert checks.check_api_exposure(with_(settings, bind_address=addr)).status == "PASS", addr
-    c = checks.check_api_exposure(with_(settings, bind_address="10.0.0.5"))
+        assert checks.check_api_exposure(with_(opened, bind_address=addr)).status == "PASS", addr
+    c = checks.check_api_exposure(with_(opened, bind_address="10.0.0.5"))
     assert c.status == "WARN" and "10.0.0.5:8000" in c.reason
 
 
@@ -564,3 +568,18 @@ def test_real_1x_h100_probe_output_is_refused_then_passes_with_matching_requirem
                                     max_model_len=131072, gpu_compute_capability="9.0",
                                     gpu_min_memory_gib=75, image_cuda_version="13.0"))
     assert verdict_of(run(gpu, host, matched)) != "FAIL"
+
+
+def test_hub_outage_root_cause_first_and_a_verified_host_goes_on(gpu, host, settings):
+    settings = with_(settings, preflight_only=False, model_revision="ab" * 20)
+    outage = OSError("cannot reach https://huggingface.co: connection refused")
+    half_full = {**host, "weights_fs_free_bytes": 50 * 2**30, "weights_present_bytes": 6 * 2**20}
+    found = checks.preflight_checks(gpu, half_full, settings, None, outage)
+    first = checks.first_failure(found)
+    assert first.name == "manifest" and "cannot read the Hub's file list" in first.reason
+    held = {"files": [{"path": "a", "size": 6 * 2**20}], "total_size": 6 * 2**20}
+    found = checks.preflight_checks(gpu, half_full, settings, None, outage, held)
+    assert checks.first_failure(found) is None
+    manifest = next(c for c in found if c.name == "manifest")
+    assert manifest.status == "WARN" and "using the manifest it already holds" in manifest.reason
+    assert next(c for c in found if c.name == "disk").status == "PASS"

@@ -20,7 +20,8 @@ def settings(host="h1", **over):
 def test_generate_is_a_valid_setting_and_bad_keys_still_are_not():
     assert settings(api_key="generate").api_key == "generate"
     assert settings().api_key_file == ".secrets/api-key"
-    with pytest.raises(SettingsError, match='or "generate"'):
+    assert settings(api_key="open").api_key == "open"
+    with pytest.raises(SettingsError, match='"generate" or "open"'):
         settings(api_key="short")
 
 
@@ -93,8 +94,8 @@ from glmfleet import runctx
 from glmfleet.service.apikey import resolve
 from glmfleet.settings import load_defaults
 data = {{**load_defaults(), "model_revision": {REV!r}, "api_key": "generate", "api_key_file": {str(path)!r}}}
-hosts = [SimpleNamespace(name=n, data=SimpleNamespace(dict=lambda: data)) for n in ("a", "b")]
-state = SimpleNamespace(inventory=hosts, is_host_in_limit=lambda h: True, init=lambda: None,
+hosts = [SimpleNamespace(name=n, data=SimpleNamespace(dict=lambda: data, get=data.get)) for n in ("a", "b")]
+state = SimpleNamespace(inventory=hosts, is_host_in_limit=lambda h: True, init=lambda: None, cwd=None,
                         add_callback_handler=lambda handler: None, fail_hosts=lambda hosts, count=None: None)
 runctx.install_callbacks(state, settings_hooks=[resolve])  # as config.py does
 state.init()
@@ -106,3 +107,36 @@ print(got["a"].api_key == got["b"].api_key == open({str(path)!r}).read().strip()
     key = path.read_text().strip()
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr[-2000:]
     assert str(path) in r.stderr and key not in r.stderr + r.stdout
+
+
+KEY = "fleet-key-0123456789"
+
+
+def test_unset_keeps_the_hosts_key_and_refuses_a_host_without_one():
+    assert apikey.for_host(None, KEY) == (KEY, None)
+    for host_key in (None, ""):  # no kit yet, or a kit serving with no key
+        with pytest.raises(apikey.NoKeyChosen) as e:
+            apikey.for_host(None, host_key, "/etc/fleet/key", 8000)
+        assert 'api_key = "generate"' in str(e.value) and 'api_key = "open"' in str(e.value)
+        assert "/etc/fleet/key" in str(e.value) and "port 8000" in str(e.value)
+
+
+def test_open_is_the_only_way_to_no_key_and_every_exposure_change_is_named():
+    key, note = apikey.for_host("open", KEY)
+    assert key == "" and "REMOVED" in note and "anyone" in note
+    assert apikey.for_host("open", "") == ("", None)  # already open: nothing to say
+    assert apikey.for_host("open", None)[1].startswith("API exposure: open")
+    assert apikey.for_host(KEY, KEY) == (KEY, None)
+    assert "now a key is required" in apikey.for_host(KEY, "")[1]
+    assert "key replaced" in apikey.for_host("another-key-9876", KEY)[1]
+    assert "key required" in apikey.for_host(KEY, None)[1]
+    for setting, host_key in (("open", KEY), (KEY, ""), ("another-key-9876", KEY)):
+        assert KEY not in apikey.for_host(setting, host_key)[1]  # never a key in a message
+
+
+def test_the_hosts_key_is_read_from_its_dotenv_output():
+    assert apikey.parse_dotenv_key([]) is None  # no .env: no kit there
+    assert apikey.parse_dotenv_key(["env=1"]) == ""
+    assert apikey.parse_dotenv_key(["env=1", "API_KEY="]) == ""
+    assert apikey.parse_dotenv_key(["env=1", f"API_KEY={KEY}"]) == KEY
+    assert apikey.parse_dotenv_key(["env=1", "API_KEY='k$y#with-quotes'"]) == "k$y#with-quotes"

@@ -4,6 +4,7 @@ endpoint, host facts parsing, and the rollout order (canary, batches, stop)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 
@@ -52,6 +53,22 @@ def test_thinking_off_restarts_and_rewrites_env():
     p = plan(kit(enable_thinking=False))
     assert p.action == "restart"
     assert p.files == (".env", ".env.example")
+    assert p.reasons == ("settings changed: enable_thinking (1 -> 0)",)  # the setting is named
+
+
+def test_restart_reason_names_settings_and_never_the_key():
+    p = plan(kit(max_num_seqs=4, gpu_memory_utilization=0.9))
+    assert p.reasons == ("settings changed: gpu_memory_utilization (0.95 -> 0.9), max_num_seqs (2 -> 4)",)
+    p = plan(kit(api_key="a-new-secret-key-1"))
+    assert p.reasons == ("settings changed: api_key (none -> set)",)
+    base = kit(api_key="old-secret-key-12")
+    new = kit(api_key="new-secret-key-34")
+    p = svc.plan_change(new, on_host(base), svc.desired_applied(base, settings().image, IMAGE_ID, REV),
+                        svc.desired_applied(new, settings().image, IMAGE_ID, REV), True)
+    assert p.reasons == ("api_key (the API key changed)",) and "secret" not in repr(p)
+    # applied.json written by an older glmfleet has no values: the old wording
+    old = dataclasses.replace(svc.desired_applied(base, settings().image, IMAGE_ID, REV), values=None)
+    p = svc.plan_change(new, on_host(base), old, svc.desired_applied(new, settings().image, IMAGE_ID, REV), True)
     assert p.reasons == ("compose file / .env / serve.sh changed",)
 
 
@@ -330,14 +347,18 @@ def test_serial_run_goes_one_by_one():
         r.finish(n, True)
 
 
-def test_rollout_table():
-    text = svc.rollout_table({
+def test_rollout_table(monkeypatch):
+    rows = {
         "gpu-01": {"action": "restart", "status": "PASS", "endpoint": "http://gpu-01:8000/v1",
                    "revision": REV, "image": settings().image, "peak_decode": 61.23, "detail": "ok"},
         "gpu-02": {"action": "not rolled out", "status": "FAIL", "detail": "x" * 200},
-    })
-    assert "Service rollout" in text and "61.2" in text and "gpu-02" in text
-    assert "x" * 100 not in text  # long details are clipped
+    }
+    text = svc.rollout_table(rows)  # not a terminal: wide, nothing cut
+    assert "Service rollout" in text and "61.2" in text and "gpu-02" in text and "x" * 200 in text
+    monkeypatch.setattr("glmfleet.report.table_width", lambda: 150)  # a terminal 150 wide
+    text = svc.rollout_table(rows)
+    assert "x" * 100 not in text and "xxx..." in text
+    assert max(len(line) for line in text.splitlines()) <= 150
 
 
 # --- read-only status and the fleet harness table ---------------------------------------------
@@ -374,6 +395,17 @@ def test_status_row_problems():
     assert row["kit"] == "differs: .env, .env.example"
     assert st.status_row({"files": {}, "docker": "absent"}, files, REV, "e")["state"] == "no docker"
     assert st.status_row({"files": {}, "docker": "1", "probe_rc": "2"}, files, REV, "e")["ready"] == "key refused"
+
+
+def test_status_needs_no_pin_and_fails_only_a_host_that_is_not_serving():
+    files = kit()
+    other = svc.desired_applied(files, settings().image, IMAGE_ID, "f" * 40)
+    row = st.status_row(_status_facts(files, other), files, None, "e")  # no model_revision
+    assert row["healthy"] and row["revision"] == "f" * 12  # what runs, nothing to compare with
+    row = st.status_row(_status_facts(files, other), files, REV, "e")  # serving another pin
+    assert row["healthy"] and row["revision"].endswith("(not the pinned one)")
+    down = st.unreachable_row("unreachable: SSH connection refused: ...")
+    assert not down["healthy"] and "refused" in st.status_table({"h": down})
 
 
 def test_harness_rows_and_table():

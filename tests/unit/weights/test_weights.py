@@ -608,3 +608,26 @@ def test_status_without_any_job(tmp_path):
     r = weights("status", tmp_path / "nothing")
     assert r.code == 0 and r.json["phase"] is None and r.json["running"] is False
     assert r.json["verified_revision"] is None and r.json["stale"] is False
+
+
+def test_held_manifest_only_for_weights_verified_at_the_pinned_revision(manifest):
+    from glmfleet.preflight.host import parse_host_facts
+
+    text = M.dumps(manifest).replace("\n", "")  # as the host facts carry it: one line
+    facts = parse_host_facts(f"weights_verified={DEFAULT_REVISION}\nweights_held_manifest={text}\nend=1\n")
+    held = M.held_manifest(facts["weights_verified"], facts["weights_held_manifest"],
+                           DEFAULT_REPO_ID, DEFAULT_REVISION)
+    assert held == manifest
+    other = "f" * 40
+    assert M.held_manifest(other, text, DEFAULT_REPO_ID, other) is None  # verified, not for this manifest
+    assert M.held_manifest(DEFAULT_REVISION, text, DEFAULT_REPO_ID, other) is None  # another pin
+    assert M.held_manifest(None, text, DEFAULT_REPO_ID, DEFAULT_REVISION) is None  # not verified
+    assert M.held_manifest(DEFAULT_REVISION, "{broken", DEFAULT_REPO_ID, DEFAULT_REVISION) is None
+    assert M.held_manifest(DEFAULT_REVISION, text, "someone/else", DEFAULT_REVISION) is None
+
+
+def test_summary_of_a_fresh_download_says_when_files_were_hashed():
+    r = {"ok": True, "extra": [], "files_total": 9, "bytes_total": 6 * 2**20, "revision": "ab" * 20,
+         "hashed_files": 0, "cached_files": 9}
+    text = V.result_summary(r)
+    assert "9 hashed as they were downloaded or by an earlier check" in text and "checked earlier" not in text
