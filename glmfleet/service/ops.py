@@ -316,15 +316,17 @@ def _rollback(job: Job, why: str) -> tuple[str, bool]:
     return f"{why}; rolled back to the last known good kit ({job.last_good.short}), READY again", True
 
 
-def _apply(state, host, job: Job) -> bool:  # noqa: ARG001 (pyinfra passes state and host)
+def _apply(state, host, job: Job, drainer=None) -> bool:  # noqa: ARG001 (pyinfra passes state and host)
     """The change on one host, then its health check; on failure the rollback."""
     run = service_run(state)
     ok, detail, action = False, "unexpected error", job.plan.action
     try:
-        ok, detail = _apply_inner(job)
+        ok, detail = _apply_inner(job, drainer)
         if not ok:
             detail, back = _rollback(job, detail)
             action += " -> rolled back" if back else ""
+            if drainer:  # a failed host stays out of the gateway's backend
+                drainer.hold_out(host.name, _say)
     except Exception as e:  # anything unexpected still ends in a recorded result
         detail = f"unexpected error: {type(e).__name__}: {e}"
         raise
@@ -334,7 +336,7 @@ def _apply(state, host, job: Job) -> bool:  # noqa: ARG001 (pyinfra passes state
     return ok
 
 
-def _apply_inner(job: Job) -> tuple[bool, str]:
+def _apply_inner(job: Job, drainer=None) -> tuple[bool, str]:
     s, plan = job.settings, job.plan
     _say(f"service: {plan.describe()} [{service_run(host.state).rollout.role(host.name)}]")
     if job.applied is not None and job.last_good is None:
@@ -352,6 +354,9 @@ def _apply_inner(job: Job) -> tuple[bool, str]:
             return False, "kit files updated (no restart needed), but the API does not answer"
         ok, why = _mark_good(job, job.want)
         return ok, why or f"kit files updated ({', '.join(plan.files)}); no restart needed"
+    # Behind a gateway: no new requests for this host, in-flight ones finish, then restart.
+    drained = drainer.drain(host.name, s.gateway_drain_timeout_s, _say) \
+        if drainer and plan.action == "restart" else None
     ok, why = _launch(job, restart=plan.action == "restart")
     if not ok:
         return False, f"health check failed: {why}"
@@ -361,6 +366,8 @@ def _apply_inner(job: Job) -> tuple[bool, str]:
     ok, why = _mark_good(job, job.want)
     if not ok:
         return False, why
+    if drained:
+        drainer.ready(host.name, _say)
     verb = "started" if plan.action == "start" or job.applied is None else "restarted"
     note = f" (site {svc.SITE_OVERRIDE} in use)" if job.facts["override"] else ""
     return True, (f"{verb} ({'; '.join(plan.reasons) or 'container was not running'}): READY at "
@@ -449,8 +456,9 @@ def _pull(state, host, image: str) -> bool:  # noqa: ARG001
 
 
 @operation()
-def rollout():
-    """Place the kit and start/restart the service where needed, in rollout order."""
+def rollout(drainer=None):
+    """Place the kit and start/restart the service where needed, in rollout order.
+    ``drainer`` (tasks/service.py hands in the gateway's, or None): drain before a restart."""
     s = runctx.settings()
     executing = host.state.is_executing
     try:
@@ -487,7 +495,7 @@ def rollout():
                 "this host was not touched and still runs its previous kit")
         return
     run.rollout.start(host.name)
-    yield FunctionCommand(_apply, (job,), {})
+    yield FunctionCommand(_apply, (job, drainer), {})
 
 
 class MonitorFacts(FactBase):
