@@ -293,3 +293,27 @@ def write_prometheus_targets(state) -> str | None:
         return None
     runctx.write_json_atomic(path, gw.prometheus_targets(vllm, gateways))
     return path
+
+
+# --- status (tasks/status.py) ---------------------------------------------------------------
+
+def gateway_view(state) -> dict[str, dict] | None:
+    """{GPU host name: {state, scur, stot}} as the gateways see it (sessions summed, states
+    joined when gateways disagree); None when the inventory has no gateway."""
+    drainer = Drainer(state)
+    if not drainer:
+        return None
+    names = {gw.server_name(h.name): h.name for h in gpu_hosts(state)}
+    view: dict[str, dict] = {}
+    for g in drainer.gateways:
+        ok, out = drainer._run(g, gw.SHOW_STAT)
+        for server, row in (gw.parse_show_stat(out) if ok else {}).items():
+            if server not in names:
+                continue
+            v = view.setdefault(names[server], {"states": [], "scur": 0, "stot": 0})
+            v["states"].append(gw.gateway_state(row["status"]))
+            v["scur"] += row["scur"]
+            v["stot"] += row["stot"]
+    for v in view.values():
+        v["state"] = "/".join(sorted(set(v.pop("states"))))
+    return view

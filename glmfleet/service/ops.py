@@ -101,6 +101,7 @@ class _ServiceRun:
         self.rows: dict[str, dict] = {}
         self.table_printed = False
         self.status_rows: dict[str, dict] = {}  # tasks/status.py
+        self.status_metrics: dict[str, dict] = {}  # tasks/status.py: vLLM's /metrics per host
         self.status_printed = False
 
 
@@ -563,13 +564,29 @@ class ServiceStatusFacts(FactBase):
         return parse_status(output)
 
 
-def record_status(state, h) -> None:
+class VllmMetricsFacts(FactBase):
+    """Running and waiting requests and KV-cache use from vLLM's /metrics, read on the host."""
+
+    def command(self, bind_address: str, port: int) -> str:
+        from glmfleet.service.status import metrics_command
+
+        return metrics_command(bind_address, port)
+
+    def process(self, output):
+        from glmfleet.service.status import parse_metrics
+
+        return parse_metrics(output)
+
+
+def record_status(state, h, hosts=None, gateway_view=None) -> None:
     """Gather one host's status (at planning time: nothing is changed); once every active
     host has reported, print the table and mark the hosts that are not serving as failed,
-    so the run's exit status says whether the whole fleet serves the pinned revision."""
+    so the run's exit status says whether the whole fleet serves the pinned revision.
+    ``hosts``: the names that report (default: every active host); ``gateway_view``:
+    state -> {host: {state, scur, stot}} or None (handed in by tasks/status.py)."""
     from pyinfra.api.exceptions import PyinfraError
 
-    from glmfleet.service.status import status_row, status_table
+    from glmfleet.service.status import load_table, status_row, status_table
 
     s = runctx.settings(state, h)
     probe = render_kit(s, derive(None, s.index_topk_pattern)[0])
@@ -583,16 +600,20 @@ def record_status(state, h) -> None:
     ep = svc.endpoint(s.bind_address, s.port, str(h.data.get("ssh_hostname") or h.name))
     run = service_run(state)
     run.status_rows[h.name] = status_row(facts, files, s.model_revision, ep)
-    expected = {x.name for x in state.inventory.get_active_hosts()}
+    run.status_metrics[h.name] = h.get_fact(VllmMetricsFacts, bind_address=s.bind_address, port=s.port)
+    active = [x for x in state.inventory.get_active_hosts() if hosts is None or x.name in hosts]
+    expected = {x.name for x in active}
     if not expected <= set(run.status_rows) or run.status_printed:
         return
     run.status_printed = True
     runctx.echo(status_table(run.status_rows))
-    down = {x for x in state.inventory.get_active_hosts() if not run.status_rows[x.name]["healthy"]}
+    runctx.echo(load_table(run.status_rows, run.status_metrics,
+                           gateway_view(state) if gateway_view else None))
+    down = {x for x in active if not run.status_rows[x.name]["healthy"]}
     suite = s.status_harness
     if suite:
-        failed = _fleet_harness(state, suite, run.status_rows)
-        down |= {x for x in state.inventory.get_active_hosts() if x.name in failed}
+        failed = _fleet_harness(state, suite, run.status_rows, active)
+        down |= {x for x in active if x.name in failed}
     if down:
         try:
             state.fail_hosts(down)
@@ -601,7 +622,7 @@ def record_status(state, h) -> None:
                                "nothing was changed") from None
 
 
-def _fleet_harness(state, suite: str, rows: dict) -> set[str]:
+def _fleet_harness(state, suite: str, rows: dict, hosts: list) -> set[str]:
     """Run the kit's coherence harness from the controller against every serving host's
     endpoint, all hosts at once; print one table; return the hosts that failed it."""
     import os
@@ -628,7 +649,6 @@ def _fleet_harness(state, suite: str, rows: dict) -> set[str]:
         except (ValueError, OSError, subprocess.TimeoutExpired) as e:
             return h.name, harness_row(None, f"harness did not finish: {type(e).__name__}")
 
-    hosts = [h for h in state.inventory.get_active_hosts()]
     results = dict(Pool(max(1, len(hosts))).map(one, hosts))
     runctx.echo(harness_table(suite, results))
     return {name for name, r in results.items() if r["result"] != "PASS"}
