@@ -42,8 +42,7 @@ if [ -d /run/systemd/system ]; then echo init=systemd; else echo init=none; fi
 echo "haproxy=$(dpkg-query -W -f='${{db:Status-Abbrev}}' haproxy 2>/dev/null)"
 echo "socat=$(command -v socat)"
 echo "config_sha=$(sha256sum {gw.CONFIG_PATH} 2>/dev/null | cut -c1-64)"
-if [ -S {gw.ADMIN_SOCKET} ] && command -v socat >/dev/null && {gw.runtime_command('show info')} >/dev/null 2>&1
-then echo running=1; else echo running=0; fi
+if command -v socat >/dev/null && {RUNNING}; then echo running=1; else echo running=0; fi
 """
 
     def process(self, output):
@@ -53,11 +52,25 @@ then echo running=1; else echo running=0; fi
                 "running": kv.get("running") == "1"}
 
 
+PIDFILE = "/run/haproxy.pid"
+RUNNING = f"[ -S {gw.ADMIN_SOCKET} ] && {gw.runtime_command('show info')} >/dev/null 2>&1"
+
+
 def _service(init: str, action: str) -> str:
-    """start / reload HAProxy with the host's init system (init-less: Debian's init script)."""
+    """start / reload HAProxy. systemd: the package's unit. Init-less hosts: HAProxy as a
+    daemon started by the deploy (supervised on deploy only, like monitor.sh there); a
+    reload starts the new process with -sf so the old one finishes its connections."""
     if init == "systemd":
-        return {"start": "systemctl enable --now haproxy", "reload": "systemctl reload haproxy"}[action]
-    return f"/etc/init.d/haproxy {action}"
+        return {"start": "systemctl enable haproxy && systemctl restart haproxy",
+                "reload": "systemctl reload haproxy"}[action]
+    run = f"mkdir -p /run/haproxy && haproxy -D -f {gw.CONFIG_PATH} -p {PIDFILE}"
+    return {"start": run, "reload": f"{run} -sf $(cat {PIDFILE})"}[action]
+
+
+def _reload_or_start(init: str) -> str:
+    """Decided on the host when it runs (the package may just have started HAProxy):
+    running -> dump the admin states, reload; else start."""
+    return f"if {RUNNING}; then {gw.DUMP_STATE} && {_service(init, 'reload')}; else {_service(init, 'start')}; fi"
 
 
 # --- settings of every host, in or out of this run's --limit ---------------------------------
@@ -139,10 +152,8 @@ def config(text: str, endpoint: str):
         yield StringCommand(
             f"haproxy -c -q -f {q(new)} || {{ rm -f {q(new)}; echo {q('glmfleet: the rendered HAProxy config does not validate (haproxy -c above); the running config was kept')} >&2; exit 1; }}")
         # Admin states (drain/maint) survive the reload through the server-state file.
-        keep = f"{gw.DUMP_STATE} && " if facts["running"] else ""
-        action = "reload" if facts["running"] else "start"
         yield StringCommand(f"chmod 644 {q(new)} && mv -f {q(new)} {gw.CONFIG_PATH} && "
-                            f"{keep}{_service(facts['init'], action)}")
+                            + _reload_or_start(facts["init"]))
     if host.state.is_executing:
         _record("PASS", f"config placed, HAProxy serving the fleet at {endpoint}")
 
