@@ -356,8 +356,8 @@ def _apply_inner(job: Job, drainer=None) -> tuple[bool, str]:
         ok, why = _mark_good(job, job.want)
         return ok, why or f"kit files updated ({', '.join(plan.files)}); no restart needed"
     # Behind a gateway: no new requests for this host, in-flight ones finish, then restart.
-    drained = drainer.drain(host.name, s.gateway_drain_timeout_s, _say) \
-        if drainer and plan.action == "restart" else None
+    serving = plan.action == "restart" and (job.facts["container"] or {}).get("running")
+    drained = drainer.drain(host.name, s.gateway_drain_timeout_s, _say) if drainer and serving else False
     ok, why = _launch(job, restart=plan.action == "restart")
     if not ok:
         return False, f"health check failed: {why}"
