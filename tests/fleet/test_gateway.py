@@ -59,6 +59,7 @@ def gw_fleet(fleet, tmp_path_factory):
             list(pool.map(lambda h: serving_image.preload(h, IMAGE), [fleet[n] for n in SERVING]))
         (work / "deploy.py").write_text(DEPLOY)
         data = {n: {"model_revision": REVISION, "site_address": fleet[n].site_address} for n in SERVING}
+        data[GATEWAY] = {"model_revision": REVISION}  # pinned fleet-wide, as in group_data/all.py
         yield {"fleet": fleet, "work": work, "data": data}
     finally:
         for name in made:
@@ -70,7 +71,7 @@ def inventory(ctx, tag: str) -> Path:
     """Two groups: the serving hosts and the `gateway` group."""
     fleet, work = ctx["fleet"], ctx["work"]
     gpu = fleet.write_inventory(work / f"gpu-{tag}.py", hosts=list(SERVING), host_data=ctx["data"], group="gpu")
-    lb = fleet.write_inventory(work / f"lb-{tag}.py", hosts=[GATEWAY], group="gateway")
+    lb = fleet.write_inventory(work / f"lb-{tag}.py", hosts=[GATEWAY], host_data=ctx["data"], group="gateway")
     inv = work / f"inv-{tag}.py"
     inv.write_text(gpu.read_text() + lb.read_text())
     return inv
