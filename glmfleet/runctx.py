@@ -21,7 +21,7 @@ from pyinfra_cli.exceptions import CliError
 from glmfleet import report
 from glmfleet.settings import Settings, SettingsError, validate_many
 
-STAGES = ("preflight", "docker", "nvidia_toolkit", "weights", "service", "gateway")
+STAGES = ("preflight", "docker", "nvidia_toolkit", "weights", "service")
 
 
 class _Run:
