@@ -6,7 +6,7 @@ host; a host that fails it is dropped before any operation touches it. With
 `gateway` group get HAProxy (tasks/gateway.py, after the GPU stages) and no GPU stage.
 """
 
-from pyinfra import host, local, state
+from pyinfra import host, local, state  # noqa: F401 (state: runctx.passed_preflight)
 
 from glmfleet import runctx
 from glmfleet.gateway.ops import write_prometheus_targets
@@ -22,6 +22,6 @@ if not settings.preflight_only and runctx.passed_preflight(state, host):
         local.include(f"tasks/{stage}.py")
     if gateway:
         local.include("tasks/gateway.py")
-    path = write_prometheus_targets(state)
+    path = write_prometheus_targets(host.state)
     if path:
         runctx.echo(f"Prometheus targets (file_sd) written to {path}")

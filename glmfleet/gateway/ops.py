@@ -76,13 +76,13 @@ def _reload_or_start(init: str) -> str:
 # --- settings of every host, in or out of this run's --limit ---------------------------------
 
 def host_settings(state, h) -> Settings | None:
-    try:
-        return runctx.settings(state, h)
-    except KeyError:  # outside --limit: validated here, only for its address and sizes
+    s = runctx.validate_inventory(state).get(h.name)
+    if s is None:  # outside --limit: validated here, only for its address and sizes
         try:
             return validate(h.name, h.data.dict())
         except SettingsError:
             return None
+    return s
 
 
 def gpu_hosts(state) -> list:

@@ -39,7 +39,7 @@ if not gateway:
     local.include("tasks/service.py")
 if gateway:
     local.include("tasks/gateway.py")
-write_prometheus_targets(state)
+write_prometheus_targets(host.state)
 '''
 
 
