@@ -6,7 +6,7 @@ host; a host that fails it is dropped before any operation touches it. With
 `gateway` group get HAProxy (tasks/gateway.py, after the GPU stages) and no GPU stage.
 """
 
-from pyinfra import host, local, state  # noqa: F401 (state: runctx.passed_preflight)
+from pyinfra import host, local, state
 
 from glmfleet import runctx
 from glmfleet.gateway.ops import write_prometheus_targets
