@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 import threading
 import time
@@ -216,7 +217,8 @@ def test_rolling_restart_under_load_drops_no_request(gw_fleet, first, pyinfra_cl
     assert results and not failures, (len(results), failures[:5])
     for name in SERVING:
         assert container(fleet[name])["id"] != before[name]["id"]  # really restarted
-        assert f"[{name}] gateway: draining {name}" in log
+        assert re.search(rf"\[{name}\]\s+gateway: draining {name}", log)  # prefix padded to the longest name
+        assert re.search(rf"\[{name}\]\s+gateway: back in the backend \(UP\)", log)
         assert wait_state(gw_fleet, name, "UP") == "UP"
 
 
