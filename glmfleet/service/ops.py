@@ -599,8 +599,9 @@ def record_status(state, h, hosts=None, gateway_view=None) -> None:
         files = None
     ep = svc.endpoint(s.bind_address, s.port, str(h.data.get("ssh_hostname") or h.name))
     run = service_run(state)
-    run.status_rows[h.name] = status_row(facts, files, s.model_revision, ep)
+    # Before the row: hosts plan concurrently, and a host's row means its facts are all in.
     run.status_metrics[h.name] = h.get_fact(VllmMetricsFacts, bind_address=s.bind_address, port=s.port)
+    run.status_rows[h.name] = status_row(facts, files, s.model_revision, ep)
     active = [x for x in state.inventory.get_active_hosts() if hosts is None or x.name in hosts]
     expected = {x.name for x in active}
     if not expected <= set(run.status_rows) or run.status_printed:
