@@ -39,6 +39,7 @@ class SettingsError(ValueError):
 class Settings:
     preflight_only: bool
     preflight_report: str
+    prometheus_targets: str
     model_repo: str
     model_revision: str | None
     weights_dir: str
@@ -106,6 +107,13 @@ class Settings:
 
     # Service
     status_harness: str | None
+    # Gateway
+    gateway_port: int
+    gateway_tls_cert: str | None
+    gateway_stats_port: int
+    gateway_timeout_s: int
+    gateway_drain_timeout_s: int
+    site_address: str | None
 
     def __repr__(self) -> str:
         # Settings travel as operation and function-command arguments, which pyinfra prints
@@ -340,6 +348,13 @@ PARSERS = {
     "weights_progress_interval_s": _int(1, 3600),
     "weights_wait_timeout_s": _int(0, 30 * 86_400),
     "status_harness": _optional(_choice("core", "long")),
+    "prometheus_targets": lambda v: "" if v in (None, "") else _str()(v),
+    "gateway_port": _int(1, 65535),
+    "gateway_tls_cert": _optional(_abs_path),
+    "gateway_stats_port": _int(1, 65535),
+    "gateway_timeout_s": _int(30, 86_400),
+    "gateway_drain_timeout_s": _int(0, 86_400),
+    "site_address": _optional(_str(_HOSTNAME, "an IP address or host name the gateway can reach")),
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Settings)}
 
@@ -428,6 +443,8 @@ def validate(host: str, data: Mapping[str, Any], require_revision: bool = True) 
     if values["max_num_batched_tokens"] < values["max_num_seqs"]:
         bad("max_num_batched_tokens", values["max_num_batched_tokens"],
             f"at least max_num_seqs ({values['max_num_seqs']})")
+    if values["gateway_stats_port"] == values["gateway_port"]:
+        bad("gateway_stats_port", values["gateway_stats_port"], "a port other than gateway_port")
     if problems:
         raise SettingsError(problems)
     return Settings(**values)

@@ -6,6 +6,7 @@
 # --- Run mode -------------------------------------------------------------------------------
 preflight_only = False  # gather facts, check, print the readiness report; change nothing
 preflight_report = "preflight-report.json"  # where (on the controller) the JSON report goes; "" = none
+prometheus_targets = "prometheus-targets.json"  # controller file: Prometheus file_sd targets (vLLM + HAProxy metrics) written by the deploy; "" = none
 
 # --- Model and weights ----------------------------------------------------------------------
 model_repo = "0xSero/GLM-5.2-NVFP4-REAP-469B"  # Hugging Face repo of the checkpoint
@@ -85,3 +86,11 @@ weights_wait_timeout_s = 0  # stop waiting after this many seconds (the download
 
 # --- Service --------------------------------------------------------------------------------
 status_harness = None  # tasks/status.py: also run the coherence harness ("core" or "long") from the controller against every endpoint; None = status only
+
+# --- Gateway (hosts of the `gateway` inventory group: HAProxy in front of the fleet) ---------
+gateway_port = 8080  # the fleet's one OpenAI-compatible endpoint on each gateway host
+gateway_tls_cert = None  # PEM file (certificate + key) on the gateway host: HTTPS on gateway_port; None = plain HTTP
+gateway_stats_port = 8404  # gateway's HAProxy metrics (/metrics, Prometheus) and stats page (/stats)
+gateway_timeout_s = 900  # idle limit on a client or server connection: covers a long non-streamed generation (OpenAI client waits 600 s)
+gateway_drain_timeout_s = 600  # rollout: wait at most this long for a drained host's in-flight requests before restarting it
+site_address = None  # address the gateway reaches this host's API at; None = its SSH hostname

@@ -15,6 +15,7 @@ How the rollout is gated inside pyinfra's execution: glmfleet/ops/service.py.
 from pyinfra import host
 
 from glmfleet import runctx
+from glmfleet.gateway.ops import Drainer
 from glmfleet.service import ops
 
 
@@ -23,7 +24,8 @@ def run() -> None:
     batch = ops.batch_size(host.state)
     ops.check(name="Service: Docker, compose and verified weights in place")
     ops.pull_image(name="Service: image on the host (pulled only when missing)")
-    ops.rollout(name=f"Service: kit placed and service healthy (canary, then {batch} at a time)")
+    drainer = Drainer(host.state) or None  # hosts of the `gateway` group: drain before a restart
+    ops.rollout(drainer, name=f"Service: kit placed and service healthy (canary, then {batch} at a time)")
     ops.monitor(name="Service: monitor.sh supervised (systemd unit, else started when not running)")
 
 

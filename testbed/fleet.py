@@ -39,6 +39,7 @@ from pathlib import Path
 
 from testbed import rootfs
 from testbed.aptproxy import AptProxy, DEFAULT_PORT
+from testbed.sitenet import SiteNet
 # A host file that, when present, becomes the host's /proc/driver/nvidia/version (NVML double).
 DRIVER_VERSION_SOURCE = "/etc/fake-nvidia-version"
 
@@ -106,6 +107,7 @@ class Host:
     cgroups: list = field(default_factory=list)  # controller-side dirs of its cgroup subtree
     hostfs_size: str | None = None
     hostfs_path: str = "/mnt"
+    site_address: str | None = None  # address on the fleet's site network (testbed/sitenet.py)
     pid: int | None = None        # the host's PID 1 (sshd), as seen from the controller
     pid_start: int | None = None
     launcher_pid: int | None = None   # `unshare` process that waits on PID 1
@@ -163,6 +165,7 @@ class Fleet:
         self.hosts: dict[str, Host] = {}
         self.proxy = AptProxy(self.workdir, proxy_port) if apt_proxy else None
         self._lowers: dict[tuple[str, str], Path] = {}
+        self.site = SiteNet(self.prefix, (_state or {}).get("site"))  # hosts added with site=True
         if _state is not None:  # re-attached by load()
             self.hosts = {n: Host(**h) for n, h in _state["hosts"].items()}
             if _state.get("proxy") is not None:
@@ -201,7 +204,8 @@ class Fleet:
             return
         state = {"prefix": self.prefix, "workdir": str(self.workdir),
                  "hosts": {n: h.state() for n, h in self.hosts.items()},
-                 "proxy": self.proxy.to_state() if self.proxy else None}
+                 "proxy": self.proxy.to_state() if self.proxy else None,
+                 "site": self.site.to_state()}
         tmp = self.workdir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.workdir / "state.json")
@@ -218,12 +222,14 @@ class Fleet:
     def add_host(self, name: str, *, shm_size: str = "1g",
                  files: dict[str, bytes | str | tuple] | None = None,
                  hostfs_size: str | None = None, hostfs_path: str = "/mnt",
-                 suite: str = DEFAULT_SUITE, init: str = DEFAULT_INIT) -> Host:
+                 suite: str = DEFAULT_SUITE, init: str = DEFAULT_INIT, site: bool = False) -> Host:
         """Create a host (not started). ``files``: {absolute path in host: content or
         (content, mode)} written into its filesystem before start. ``hostfs_size``
         (e.g. "64m") puts a size-limited tmpfs at ``hostfs_path`` to simulate a full disk;
         it survives host restarts like a disk would. ``suite``: "bookworm" (Debian 12) or
-        "trixie" (Debian 13); ``init``: "systemd" or "none" (sshd as PID 1)."""
+        "trixie" (Debian 13); ``init``: "systemd" or "none" (sshd as PID 1). ``site``: also
+        put the host on the fleet's site network (``Host.site_address``), where fleet hosts
+        reach each other."""
         if not NAME_RE.match(name):
             raise FleetError(f"bad host name {name!r}: use [a-z0-9-], max 31 chars")
         if name in self.hosts:
@@ -250,6 +256,8 @@ class Fleet:
                 mp.mkdir(parents=True, exist_ok=True)
                 _run("mount", "-t", "tmpfs", "-o", f"size={hostfs_size},mode=755", "tmpfs", mp)
             self._create_link(h)
+            if site:
+                h.site_address = self.site.attach(h.netns)
             self._seed_files(h, files or {})
             self._write_known_hosts()
         except BaseException:
@@ -470,6 +478,7 @@ class Fleet:
         errors = []
         for step in (lambda: self.stop(h.name),
                      lambda: umount_tree(Path(h.dir)),
+                     lambda: self.site.detach(h.netns),
                      lambda: _run("ip", "netns", "del", h.netns, check=False),
                      lambda: _run("ip", "link", "del", h.veth, check=False),
                      lambda: remove_tree(Path(h.dir))):
@@ -498,6 +507,10 @@ class Fleet:
                 self._destroy(h)
             except Exception as e:
                 errors.append(e)
+        try:
+            self.site.destroy()
+        except Exception as e:
+            errors.append(e)
         if self.proxy:
             try:
                 self.proxy.stop()

@@ -572,3 +572,51 @@ def run_checks(gpu: Mapping[str, Any] | None, host: Mapping[str, Any] | None, se
         checks += [check_iommu(host), check_shm(host, settings),
                    check_docker(host, settings, docker_conflicts)]
     return checks
+
+
+# --- gateway hosts (the `gateway` inventory group: HAProxy, no GPU) -----------------------
+
+GATEWAY_MIN_FREE_GIB = 1.0  # HAProxy and socat with their libraries, logs and state
+
+
+def check_gateway_port(host: Mapping[str, Any], port: int, setting: str) -> Check:
+    others = [f"pid {e['pid']} ({e.get('process') or '?'})" if e.get("pid") else "an unknown process"
+              for e in host.get("port_listeners") or [] if e.get("process") != "haproxy"]
+    if others:
+        return Check(setting, FAIL, f"port {port} is taken by " + "; ".join(others),
+                     f"stop that process or set {setting} to a free port")
+    return Check(setting, PASS, f"port {port} is free (or HAProxy's own)")
+
+
+def check_gateway_disk(host: Mapping[str, Any]) -> Check:
+    free = host.get("weights_fs_free_bytes")
+    where = host.get("weights_fs_mount") or "?"
+    if free is None:
+        return Check("disk", FAIL, "could not measure free space under /var", "check that `df` works")
+    if free < GATEWAY_MIN_FREE_GIB * GIB:
+        return Check("disk", FAIL, f"{gib(free)} free on {where}, below {GATEWAY_MIN_FREE_GIB:g} GiB",
+                     f"free space on {where} (HAProxy, its logs and state go under /var)")
+    return Check("disk", PASS, f"{gib(free)} free on {where}")
+
+
+def check_gateway_tls(settings: Settings, cert_present: bool | None) -> Check:
+    if not settings.gateway_tls_cert:
+        return Check("tls", PASS, "plain HTTP (gateway_tls_cert not set)")
+    if cert_present:
+        return Check("tls", PASS, f"HTTPS with {settings.gateway_tls_cert}")
+    return Check("tls", FAIL, f"gateway_tls_cert {settings.gateway_tls_cert} is not a file on this host",
+                 "put the PEM (certificate, chain and private key in one file, mode 600) there, "
+                 "or unset gateway_tls_cert for plain HTTP")
+
+
+def run_gateway_checks(host: Mapping[str, Any] | None, settings: Settings,
+                       cert_present: bool | None) -> list[Check]:
+    """A gateway host needs a supported OS, a little disk, its two ports and, for HTTPS, its
+    certificate: no GPU, Docker or weights checks."""
+    host = host or {}
+    checks = [check_host_facts(host)]
+    if host.get("complete"):
+        checks += [check_os(host, settings), check_gateway_disk(host),
+                   check_gateway_port(host, settings.gateway_port, "gateway_port")]
+    checks.append(check_gateway_tls(settings, cert_present))
+    return checks

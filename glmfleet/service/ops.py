@@ -101,6 +101,7 @@ class _ServiceRun:
         self.table_printed = False
         self.status_rows: dict[str, dict] = {}  # tasks/status.py
         self.status_keys: dict[str, str] = {}  # the key each host serves with (never printed)
+        self.status_metrics: dict[str, dict] = {}  # tasks/status.py: vLLM's /metrics per host
         self.status_printed = False
 
 
@@ -311,15 +312,17 @@ def _rollback(job: Job, why: str) -> tuple[str, bool]:
     return f"{why}; rolled back to the last known good kit ({job.last_good.short}), READY again", True
 
 
-def _apply(state, host, job: Job) -> bool:  # noqa: ARG001 (pyinfra passes state and host)
+def _apply(state, host, job: Job, drainer=None) -> bool:  # noqa: ARG001 (pyinfra passes state and host)
     """The change on one host, then its health check; on failure the rollback."""
     run = service_run(state)
     ok, detail, action = False, "unexpected error", job.plan.action
     try:
-        ok, detail = _apply_inner(job)
+        ok, detail = _apply_inner(job, drainer)
         if not ok:
             detail, back = _rollback(job, detail)
             action += " -> rolled back" if back else ""
+            if drainer:  # a failed host stays out of the gateway's backend
+                drainer.hold_out(host.name, _say)
     except Exception as e:  # anything unexpected still ends in a recorded result
         detail = f"unexpected error: {type(e).__name__}: {e}"
         raise
@@ -331,7 +334,7 @@ def _apply(state, host, job: Job) -> bool:  # noqa: ARG001 (pyinfra passes state
     return ok
 
 
-def _apply_inner(job: Job) -> tuple[bool, str]:
+def _apply_inner(job: Job, drainer=None) -> tuple[bool, str]:
     s, plan = job.settings, job.plan
     _say(f"service: {plan.describe()} [{service_run(host.state).rollout.role(host.name)}]")
     if job.exposure:
@@ -351,6 +354,9 @@ def _apply_inner(job: Job) -> tuple[bool, str]:
             return False, "kit files updated (no restart needed), but the API does not answer"
         ok, why = _mark_good(job, job.want)
         return ok, why or f"kit files updated ({', '.join(plan.files)}); no restart needed"
+    # Behind a gateway: no new requests for this host, in-flight ones finish, then restart.
+    serving = plan.action == "restart" and (job.facts["container"] or {}).get("running")
+    drained = drainer.drain(host.name, s.gateway_drain_timeout_s, _say) if drainer and serving else False
     ok, why = _launch(job, restart=plan.action == "restart")
     if not ok:
         return False, f"health check failed: {why}"
@@ -360,6 +366,8 @@ def _apply_inner(job: Job) -> tuple[bool, str]:
     ok, why = _mark_good(job, job.want)
     if not ok:
         return False, why
+    if drained:
+        drainer.ready(host.name, _say)
     verb = "started" if plan.action == "start" or job.applied is None else "restarted"
     note = f" (site {svc.SITE_OVERRIDE} in use)" if job.facts["override"] else ""
     return True, (f"{verb} ({'; '.join(plan.reasons) or 'container was not running'}): READY at "
@@ -448,8 +456,9 @@ def _pull(state, host, image: str) -> bool:  # noqa: ARG001
 
 
 @operation()
-def rollout():
-    """Place the kit and start/restart the service where needed, in rollout order."""
+def rollout(drainer=None):
+    """Place the kit and start/restart the service where needed, in rollout order.
+    ``drainer`` (tasks/service.py hands in the gateway's, or None): drain before a restart."""
     s = runctx.settings()
     executing = host.state.is_executing
     try:
@@ -489,7 +498,7 @@ def rollout():
                 "this host was not touched and still runs its previous kit")
         return
     run.rollout.start(host.name)
-    yield FunctionCommand(_apply, (job,), {})
+    yield FunctionCommand(_apply, (job, drainer), {})
 
 
 class MonitorFacts(FactBase):
@@ -567,23 +576,38 @@ class ServiceStatusFacts(FactBase):
         return parse_status(output)
 
 
-def record_status(state, h) -> None:
+class VllmMetricsFacts(FactBase):
+    """Running and waiting requests and KV-cache use from vLLM's /metrics, read on the host."""
+
+    def command(self, bind_address: str, port: int) -> str:
+        from glmfleet.service.status import metrics_command
+
+        return metrics_command(bind_address, port)
+
+    def process(self, output):
+        from glmfleet.service.status import parse_metrics
+
+        return parse_metrics(output)
+
+
+def record_status(state, h, hosts=None, gateway_view=None) -> None:
     """Gather one host's status (at planning time: nothing is changed); once every host has
-    reported (or could not be reached), print the table and end the run: exit status 1 when
+    reported (or could not be reached), print the tables and end the run: exit status 1 when
     a host is not serving, else 0. Ending here, before pyinfra's confirmation prompt, keeps
-    status scriptable (cron, CI: no terminal needed, -y or not)."""
+    status scriptable (cron, CI: no terminal needed, -y or not). ``hosts``: the names that
+    report (default: every active host); ``gateway_view``: state -> {host: {state, scur,
+    stot}} or None (handed in by tasks/status.py)."""
     import sys
 
-    from glmfleet.service.status import status_row, status_table, unreachable_row
+    from glmfleet.service.status import load_table, status_row, status_table, unreachable_row
 
     s = runctx.settings(state, h)
     probe = render_kit(s, derive(None, s.index_topk_pattern)[0])
     facts = h.get_fact(ServiceStatusFacts, service_dir=s.service_dir, weights_dir=s.weights_dir,
                        image=s.image, service_name=s.service_name, kit_paths=tuple(sorted(probe)))
     try:
-        ok, out = h.run_shell_command(StringCommand(apikey.dotenv_key_command(s.service_dir)),
-                                      print_output=False)  # the key: never printed
-        key = apikey.parse_dotenv_key([line.line for line in out]) if ok else None
+        r = remote.sh(h, apikey.dotenv_key_command(s.service_dir), show=False)  # the key: never printed
+        key = apikey.parse_dotenv_key(r.lines) if r.ok else None
         key, _ = apikey.for_host(s.api_key, key, s.api_key_file, s.port)
         s = dataclasses.replace(s, api_key=key or API_KEY_OPEN)
         config = json.loads(facts["config_json"]) if facts["config_json"] else None
@@ -592,25 +616,31 @@ def record_status(state, h) -> None:
         files = None
     ep = svc.endpoint(s.bind_address, s.port, str(h.data.get("ssh_hostname") or h.name))
     run = service_run(state)
+    # Before the row: hosts plan concurrently, and a host's row means its facts are all in.
+    run.status_metrics[h.name] = h.get_fact(VllmMetricsFacts, bind_address=s.bind_address, port=s.port)
     run.status_rows[h.name] = status_row(facts, files, s.model_revision, ep)
     run.status_keys[h.name] = "" if s.api_key in (None, API_KEY_OPEN) else s.api_key
-    expected = {x.name for x in state.inventory.get_active_hosts()}
+    active = [x for x in state.inventory.get_active_hosts() if hosts is None or x.name in hosts]
+    expected = {x.name for x in active}
     if not expected <= set(run.status_rows) or run.status_printed:
         return
     run.status_printed = True
     for name, (reason, _) in runctx.run_for(state).unreachable.items():
-        run.status_rows[name] = unreachable_row(reason)
+        if hosts is None or name in hosts:
+            run.status_rows[name] = unreachable_row(reason)
     runctx.echo(status_table(run.status_rows))
+    runctx.echo(load_table(run.status_rows, run.status_metrics,
+                           gateway_view(state) if gateway_view else None))
     down = {name for name, row in run.status_rows.items() if not row["healthy"]}
     suite = s.status_harness
     if suite:
-        down |= _fleet_harness(state, suite, run.status_rows)
+        down |= _fleet_harness(state, suite, run.status_rows, active)
     if down:
         runctx.echo(f"Not serving: {', '.join(sorted(down))} (see the table above); nothing was changed")
     sys.exit(1 if down else 0)
 
 
-def _fleet_harness(state, suite: str, rows: dict) -> set[str]:
+def _fleet_harness(state, suite: str, rows: dict, hosts: list) -> set[str]:
     """Run the kit's coherence harness from the controller against every serving host's
     endpoint, all hosts at once; print one table; return the hosts that failed it."""
     import os
@@ -638,7 +668,6 @@ def _fleet_harness(state, suite: str, rows: dict) -> set[str]:
         except (ValueError, OSError, subprocess.TimeoutExpired) as e:
             return h.name, harness_row(None, f"harness did not finish: {type(e).__name__}")
 
-    hosts = [h for h in state.inventory.get_active_hosts()]
     results = dict(Pool(max(1, len(hosts))).map(one, hosts))
     runctx.echo(harness_table(suite, results))
     return {name for name, r in results.items() if r["result"] != "PASS"}

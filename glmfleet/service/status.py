@@ -163,3 +163,65 @@ def harness_table(suite: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
     return (f"\nFleet coherence ({suite}, run from the controller against each endpoint)\n"
             + tabulate(body, headers=["host", "result", "cases", "median TTFT s", "peak prefill tok/s",
                                       "mean decode tok/s", "min decode tok/s", "detail"], disable_numparse=True))
+
+
+# --- load: vLLM's /metrics on each host, and the gateway's view (tasks/status.py) -------------
+
+METRICS = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
+           "vllm:kv_cache_usage_perc": "kv"}
+
+
+def metrics_command(bind_address: str, port: int) -> str:
+    """Read vLLM's /metrics from the host itself; only the three gauges status shows."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind_address, bind_address)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
+    script = ("import sys, urllib.request\n"
+              f"try: sys.stdout.write(urllib.request.urlopen({url!r}, timeout=5).read().decode())\n"
+              "except Exception as e: print('metrics_error=' + type(e).__name__)\n")
+    names = "|".join(n.split(":")[1] for n in METRICS)
+    return (f"python3 -c {_q(script)} 2>/dev/null | grep -E '^(vllm:({names})[{{ ]|metrics_error=)' || true")
+
+
+def _q(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def parse_metrics(lines) -> dict[str, float | None]:
+    """{running, waiting, kv}: each gauge summed over its samples (one per engine); None
+    when /metrics did not answer."""
+    out: dict[str, float | None] = {v: None for v in METRICS.values()}
+    for line in lines:
+        name = line.split("{")[0].split(" ")[0]
+        if name in METRICS:
+            try:
+                value = float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            key = METRICS[name]
+            out[key] = (out[key] or 0.0) + value
+    return out
+
+
+def load_table(rows: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]],
+               gateway: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """One row per host: the gateway's state and sessions (when the fleet has a gateway),
+    and the requests running and waiting and the KV-cache use vLLM reports."""
+    from tabulate import tabulate
+
+    def num(v, fmt="{:.0f}"):
+        return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
+    body = []
+    for h in sorted(rows):
+        g = (gateway or {}).get(h) or {}
+        m = metrics.get(h) or {}
+        body.append([h, g.get("state", "-"), num(g.get("scur")), num(g.get("stot")),
+                     num(m.get("running")), num(m.get("waiting")),
+                     num(m["kv"] * 100, "{:.1f}%") if isinstance(m.get("kv"), float) else "-"])
+    title = ("Through the gateway and vLLM's /metrics" if gateway is not None
+             else "Load from vLLM's /metrics (no gateway in the inventory)")
+    return f"\n{title}\n" + tabulate(body, headers=["host", "gateway", "sessions now", "sessions total",
+                                                   "running", "waiting", "KV cache"],
+                                     disable_numparse=True)

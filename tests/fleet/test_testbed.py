@@ -188,3 +188,26 @@ def test_cli_up_down(tmp_path, fleet, pyinfra_cli):
     hosts = list(state.hosts.values())
     pids = [(h.pid, h.pid_start) for h in hosts] + [(state.proxy.pid, state.proxy.pid_start)]
     assert _leftovers(state.prefix, wd, [h.veth for h in hosts], pids) == []
+
+
+def test_site_network_joins_opted_in_hosts_only(fleet, make_host):
+    """Hosts added with site=True reach each other on the site bridge (its own namespace);
+    other hosts and the machine's own namespace are unchanged."""
+    a, b = make_host(site=True), make_host(site=True)
+    plain = make_host()
+    assert a.site_address and b.site_address and a.site_address != b.site_address
+    assert a.site_address in a.exec("ip -4 -o addr show dev eth1").stdout
+    # b listens on its site address; a connects to it over the bridge
+    b.exec("python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+           f"s.bind((\"{b.site_address}\", 9099)); s.listen(); c,_=s.accept(); c.sendall(b\"site-ok\")' "
+           ">/dev/null 2>&1 &")
+    got = a.exec("python3 -c 'import socket,time\n"
+                 "for _ in range(50):\n"
+                 "    try:\n"
+                 f"        s=socket.create_connection((\"{b.site_address}\", 9099), 2); print(s.recv(16).decode()); break\n"
+                 "    except OSError: time.sleep(0.1)'").stdout
+    assert got.strip() == "site-ok"
+    assert plain.site_address is None
+    assert "eth1" not in plain.exec("ip -o link").stdout
+    # the machine's own namespace holds no end of the site network
+    assert ": sp" not in run(["ip", "-o", "link"]).stdout

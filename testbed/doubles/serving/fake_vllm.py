@@ -11,6 +11,7 @@ vLLM as far as the kit and the deploy can observe:
     request or --default-chat-template-kwargs turns enable_thinking off), else only content;
     usage counts; max_tokens cuts reasoning first (finish_reason "length"), as with the real one;
   - the API key from --api-key or VLLM_API_KEY is enforced on /v1 paths (401);
+  - GET /metrics: Prometheus text with real vLLM's names and types (metrics_text);
   - while requests run, "Avg prompt throughput: X tokens/s, Avg generation throughput: Y
     tokens/s" lines every FAKE_VLLM_STATS_INTERVAL seconds.
 Answers come from fake_answers.py (READY on request, needle recall, small arithmetic, ...).
@@ -168,12 +169,16 @@ class Stats:
         self.prompt = self.generated = self.running = 0
         self.since = time.monotonic()
         self.was_busy = False
+        self.prompt_total = self.generated_total = 0  # for /metrics: never reset
+        self.ttft = TtftHistogram()
 
     def add(self, prompt: int = 0, generated: int = 0, running: int = 0) -> None:
         with self.lock:
             self.prompt += prompt
             self.generated += generated
             self.running += running
+            self.prompt_total += prompt
+            self.generated_total += generated
 
     def report(self) -> None:
         with self.lock:
@@ -189,6 +194,58 @@ class Stats:
                         f"Running: {running} reqs, Waiting: 0 reqs, "
                         f"GPU KV cache usage: {min(running * 1.7, 100):.1f}%, Prefix cache hit rate: 0.0%")
         self.was_busy = busy
+
+
+# --- Prometheus /metrics ------------------------------------------------------------------------
+
+# vLLM's buckets for vllm:time_to_first_token_seconds.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+
+
+class TtftHistogram:
+    def __init__(self) -> None:
+        self.counts = [0] * len(TTFT_BUCKETS)
+        self.count, self.sum = 0, 0.0
+
+    def observe(self, seconds: float) -> None:
+        for i, le in enumerate(TTFT_BUCKETS):
+            if seconds <= le:
+                self.counts[i] += 1
+        self.count += 1
+        self.sum += seconds
+
+
+def metrics_text(stats: "Stats", model: str) -> str:
+    """What vLLM's /metrics gives for these series (prometheus_client's text format: a counter
+    `x` is TYPE'd as `x` and sampled as `x_total`); the fake has no queue and a KV use that
+    follows the running requests, as its throughput line does."""
+    labels = f'engine="0",model_name="{model}"'
+    with stats.lock:
+        running, prompt, generated = stats.running, stats.prompt_total, stats.generated_total
+        h = stats.ttft
+        buckets, count, total = list(h.counts), h.count, h.sum
+    out = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, str, float]]) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{suffix}{{{labels}{extra}}} {float(v)}" for suffix, extra, v in samples)
+
+    metric("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
+           [("", "", running)])
+    metric("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
+           [("", "", 0)])
+    metric("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.",
+           [("", "", min(running * 0.017, 1.0))])
+    metric("vllm:prompt_tokens", "counter", "Number of prefill tokens processed.",
+           [("_total", "", prompt)])
+    metric("vllm:generation_tokens", "counter", "Number of generation tokens processed.",
+           [("_total", "", generated)])
+    metric("vllm:time_to_first_token_seconds", "histogram", "Histogram of time to first token in seconds.",
+           [("_bucket", f',le="{le}"', n) for le, n in zip(TTFT_BUCKETS, buckets)]
+           + [("_bucket", ',le="+Inf"', count), ("_count", "", count), ("_sum", "", total)])
+    return "\n".join(out) + "\n"
 
 
 # --- HTTP --------------------------------------------------------------------------------------
@@ -244,6 +301,13 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, {"object": "list", "data": [
                 {"id": name, "object": "model", "created": 0, "owned_by": "vllm", "root": self.cfg.model_tag,
                  "max_model_len": self.cfg.max_model_len} for name in self.cfg.served_model_name]})
+        elif path == "/metrics":
+            data = metrics_text(self.stats, self.cfg.served_model_name[0]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif path == "/version":
             self._json(200, {"version": "0.0.0+fake"})
         else:
@@ -300,7 +364,10 @@ class Handler(BaseHTTPRequestHandler):
         delay = float(os.environ.get("FAKE_VLLM_TOKEN_DELAY", "0.002"))
         self.stats.add(prompt=prompt_tokens, running=1)
         try:
-            time.sleep(prompt_tokens / float(os.environ.get("FAKE_VLLM_PREFILL_TPS", "200000")))
+            prefill = prompt_tokens / float(os.environ.get("FAKE_VLLM_PREFILL_TPS", "200000"))
+            time.sleep(prefill)
+            with self.stats.lock:
+                self.stats.ttft.observe(prefill + delay)
             if body.get("stream"):
                 self._stream(rid, model, r_toks, c_toks, finish, usage, delay, body)
             else:

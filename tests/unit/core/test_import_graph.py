@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[3] / "glmfleet"
-STAGES = {"preflight", "docker", "weights", "service"}
+STAGES = {"preflight", "docker", "weights", "service", "gateway"}
 
 
 def owner(module: str) -> str:

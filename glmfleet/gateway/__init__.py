@@ -1,0 +1,1 @@
+"""Stage 'gateway': HAProxy in front of the fleet, on the hosts of the `gateway` group."""
