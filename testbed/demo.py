@@ -11,11 +11,11 @@ repositories (a local signed repository) and the serving image.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from glmfleet.settings import load_defaults
@@ -23,12 +23,14 @@ from glmfleet.settings import load_defaults
 from testbed.doubles import nvml
 from testbed.doubles.aptrepo import AptRepoDouble
 from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
+from testbed.doubles.registry import Registry
 from testbed.doubles.serving import image as serving_image
 from testbed.fleet import Fleet
 
 REPO = Path(__file__).resolve().parent.parent
 # Two hosts that can serve the model and one that cannot (2x H100): preflight drops it.
 DEMO_HOSTS = {"gpu-a": "rtx6000x4", "gpu-b": "rtx6000x4", "gpu-h100": "h100x2"}
+DAEMON_JSON = {"storage-driver": "vfs", "iptables": False, "bridge": "none"}
 
 BANNER = """\
 ============================================================================================
@@ -59,6 +61,7 @@ class Site:
         self.work.mkdir(parents=True, exist_ok=True)
         self.hubs: list[HubDouble] = []
         self.apt_repo: AptRepoDouble | None = None
+        self.registry: Registry | None = None
         self.inventory: Path | None = None
 
     def __enter__(self) -> "Site":
@@ -82,28 +85,32 @@ class Site:
             # The GPU side of the container runtime is simulated too: a no-op hook ahead of the
             # toolkit's on dockerd's PATH (the real one needs real GPUs to start a container).
             files["/usr/local/bin/nvidia-container-runtime-hook"] = (serving_image.HOOK_STANDIN, 0o755)
-            # init-less: Docker and the image are pre-loaded by hand (serving_image.preload)
-            self.fleet.add_host(name, files=files, shm_size="32g", init="none")
-        self.fleet.start(*self.profiles)
-        # No registry is reachable from a simulated host: give the GPU hosts Debian's Docker
-        # and the serving-image double (tagged as the real image) before the deploy runs.
-        print("Pre-loading Debian's docker.io and the serving-image double on the GPU hosts "
-              "(simulated hosts have no registry to pull from)...", flush=True)
-        serving_image.tarball()
-        gpu_hosts = [self.fleet[n] for n, p in self.profiles.items() if p == "rtx6000x4"]
-        with ThreadPoolExecutor(max(1, len(gpu_hosts))) as pool:
-            list(pool.map(lambda h: serving_image.preload(h, defaults["image"]), gpu_hosts))
-        # A host reaches the controller only at its own gateway: the Hub double and the apt
-        # repository double (Docker's and NVIDIA's repositories) listen on each gateway.
+            # What dockerd needs inside a simulated host (no netfilter of its own, an overlay
+            # root): the operator's own daemon.json, which the deploy keeps.
+            files["/etc/docker/daemon.json"] = json.dumps(DAEMON_JSON)
+            # systemd as PID 1 and a sudo login (the testbed's defaults), as on real servers:
+            # the deploy installs Docker and pulls the image itself.
+            self.fleet.add_host(name, files=files, shm_size="32g")
+        self.fleet.start(*self.profiles, timeout=90)
+        # A host reaches the controller only at its own gateway: the Hub double, the apt
+        # repository double (Docker's and NVIDIA's repositories) and the registry holding the
+        # serving-image double listen on each gateway.
         checkpoint = self.work / "hub"
         make_checkpoint(checkpoint, shards=3, shard_bytes=2 * 2**20)
         self.apt_repo = AptRepoDouble()
-        data = {}
+        self.registry = Registry(self.work / "registry")
+        data, pushed = {}, False
         for name in self.profiles:
             h = self.fleet[name]
+            addr = self.registry.listen_on(h.gateway)
+            self.registry.trust(h, addr)
+            if not pushed:  # one storage behind every address
+                self.registry.push(addr, "glmfleet/serving", "1", serving_image.tarball())
+                pushed = True
             self.hubs.append(HubDouble(checkpoint, repo_id=DEFAULT_REPO_ID,
                                        revision=DEFAULT_REVISION, host=h.gateway, port=0).start())
             data[name] = {**self.apt_repo.settings(h.gateway), "docker_packages": "distro",
+                          "image": f"{addr}/glmfleet/serving:1",
                           "model_revision": DEFAULT_REVISION, "hf_endpoint": self.hubs[-1].url,
                           # one key for the site's API, kept beside its inventory
                           "api_key": "generate", "api_key_file": str(self.work / "api-key"),
@@ -117,6 +124,8 @@ class Site:
             hub.stop()
         if self.apt_repo:
             self.apt_repo.stop()
+        if self.registry:
+            self.registry.stop()
         if self.keep:
             return
         if self.own_work:

@@ -5,7 +5,8 @@ run), a second run with -y (operations run once, at execution) that changes noth
 --dry that finds nothing to change; then a Hub outage (the verified host goes on).
 
 The doubles are the demo's (testbed/demo.py Site): NVML, the Hub, Docker's and NVIDIA's apt
-repositories, the serving image (pre-loaded, as simulated hosts have no registry)."""
+repositories, the serving image (pulled by the deploy from the registry double); the hosts run
+systemd and are reached as the sudo user, as real servers are."""
 
 from __future__ import annotations
 
