@@ -649,7 +649,7 @@ def _fleet_harness(state, suite: str, rows: dict, hosts: list) -> set[str]:
 
     from gevent.pool import Pool
 
-    from glmfleet.settings import REPO_ROOT
+    from glmfleet.kit.render import FILES_DIR
     from glmfleet.service.status import base_url, harness_argv, harness_row, harness_table
 
     def one(h):
@@ -662,7 +662,7 @@ def _fleet_harness(state, suite: str, rows: dict, hosts: list) -> set[str]:
         env = {**os.environ, "API_KEY": service_run(state).status_keys.get(h.name, ""),
                "MODEL": s.served_model_name}
         try:
-            p = subprocess.run(harness_argv(sys.executable, str(REPO_ROOT), suite, url), env=env,
+            p = subprocess.run(harness_argv(sys.executable, str(FILES_DIR.parent), suite, url), env=env,
                                capture_output=True, text=True, timeout=3 * 3600)
             return h.name, harness_row(json.loads(p.stdout))
         except (ValueError, OSError, subprocess.TimeoutExpired) as e:
