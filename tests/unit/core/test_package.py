@@ -2,18 +2,16 @@
 finds its kit (files/) and its setting defaults (group_data/all.py) inside itself, with no
 second copy of either in the repository. Built by the real pip with the pinned backend."""
 
-import importlib.metadata
-import shutil
 import subprocess
 import sys
 import tomllib
 import zipfile
 from pathlib import Path
 
+from tests.packaging import build_wheel, install_wheel
+
 REPO = Path(__file__).resolve().parents[3]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-# What a build reads: the package, the two folders mapped into it, and the files pyproject names.
-SOURCES = ("pyproject.toml", "README.md", "requirements.txt", "glmfleet", "files", "group_data")
 
 
 def test_every_package_folder_is_in_the_wheel_list():
@@ -31,42 +29,15 @@ def test_backend_is_pinned():
     assert req.startswith("setuptools==")
 
 
-def _build_wheel(tmp_path: Path) -> Path:
-    src = tmp_path / "src"  # a copy: the build's build/ and egg-info stay out of the checkout
-    src.mkdir()
-    for name in SOURCES:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(REPO / name, src / name)
-    pinned = PYPROJECT["build-system"]["requires"][0].split("==")[1]
-    try:
-        here = importlib.metadata.version("setuptools")
-    except importlib.metadata.PackageNotFoundError:
-        here = None
-    # With the pinned backend installed here, build with it; otherwise pip fetches exactly the
-    # pinned one into an isolated build environment (from PyPI).
-    no_iso = ["--no-build-isolation"] if here == pinned else []
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *no_iso,
-                        "-q", "-w", str(tmp_path / "dist"), str(src)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    (wheel,) = (tmp_path / "dist").glob("glmfleet-*.whl")
-    return wheel
-
-
 def test_installed_wheel_renders_the_kit_and_loads_the_defaults(tmp_path):
-    wheel = _build_wheel(tmp_path)
+    wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"glmfleet/files/docker-compose.yml.j2", "glmfleet/files/env.j2", "glmfleet/files/tools/kitenv.py",
             "glmfleet/files/test/coherence_test.py", "glmfleet/group_data/all.py",
             "glmfleet/weights/hostside/cli.py"} <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
-    site = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                        "--target", str(site), str(wheel)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    site = install_wheel(wheel, tmp_path / "site")
 
     # A fresh interpreter, outside the checkout: glmfleet comes from the install only (the
     # venv gives the dependencies); it renders the kit with the packaged defaults.
