@@ -13,7 +13,7 @@ glmfleet.preflight.check(settings, ...): the stage as a pyinfra deploy (deploys.
 from __future__ import annotations
 
 from glmfleet.preflight.gpu import GpuProbe, parse_probe_output, probe_stdin
-from glmfleet.preflight.host import HostFacts, parse_host_facts
+from glmfleet.preflight.host import ApiKeyState, HostFacts, parse_host_facts
 
 __all__ = ["GpuProbe", "HostFacts", "gather_preflight_facts", "parse_host_facts",
            "parse_probe_output", "probe_stdin"]
@@ -26,6 +26,8 @@ def gather_preflight_facts(host, settings, manifest: dict | None = None) -> dict
     host_facts = host.get_fact(HostFacts, weights_dir=settings.weights_dir, port=settings.port,
                                expected=expected)
     gpu = host.get_fact(GpuProbe, _stdin=probe_stdin())
+    if settings.api_key is None:  # the service stage keeps the host's key: is there one?
+        host_facts = {**host_facts, "api_key_state": host.get_fact(ApiKeyState, service_dir=settings.service_dir)}
     return {"gpu": gpu, "host": host_facts}
 
 

@@ -402,7 +402,9 @@ def check_port(host: Mapping[str, Any], settings: Settings) -> Check:
     return Check("port", PASS, f"port {settings.port} is free")
 
 
-def check_api_exposure(settings: Settings) -> Check:
+def check_api_exposure(settings: Settings, host_key: str | None = None) -> Check:
+    """``host_key``: what the kit on the host serves with when api_key is unset ("key",
+    "open", "none" = no kit yet; None = not looked at)."""
     addr = settings.bind_address
     try:
         loopback = addr == "localhost" or ipaddress.ip_address(addr).is_loopback
@@ -410,6 +412,13 @@ def check_api_exposure(settings: Settings) -> Check:
         loopback = False
     if loopback:
         return Check("api_exposure", PASS, f"API bound to loopback ({addr})")
+    if settings.api_key is None and host_key in ("open", "none"):
+        # A WARN, not a FAIL: a preflight-only run is fine, and the weights may download
+        # meanwhile; the service stage refuses the host until a choice is made.
+        return Check("api_exposure", WARN, "api_key is not set and this host has no API key yet: "
+                     "the service stage will refuse it",
+                     'choose one: api_key = "generate" (one random key for the fleet) or '
+                     'api_key = "open" (no key: anyone who reaches the port can use the API)')
     if settings.api_key is None:
         return Check("api_exposure", PASS, f"API on {addr}:{settings.port}: api_key unset, the key "
                      "the host has is kept (a host without one is refused by the service stage)")
@@ -565,7 +574,7 @@ def run_checks(gpu: Mapping[str, Any] | None, host: Mapping[str, Any] | None, se
         checks += [check_os(host, settings),
                    check_python(host, hub_python or hub_python_requirement()),
                    check_disk(host, settings, weights_total_bytes), check_port(host, settings)]
-    checks += [check_sizing(gpu, settings, weights_total_bytes), check_api_exposure(settings)]
+    checks += [check_sizing(gpu, settings, weights_total_bytes), check_api_exposure(settings, (host or {}).get("api_key_state"))]
     if probe_ok:
         checks += [check_persistence(gpu), check_pcie_link(gpu)]
     if host_ok:

@@ -138,6 +138,33 @@ class HostFacts(FactBase):
         return parse_host_facts("\n".join(output))
 
 
+API_KEY_STATE_SH = r"""
+f={env}
+if [ -f "$f" ]; then
+  v=$(grep -m1 '^API_KEY=' "$f" | cut -d= -f2- | tr -d "\"' ")
+  if [ -n "$v" ]; then echo key; else echo open; fi
+else
+  echo none
+fi
+"""
+
+
+class ApiKeyState(FactBase):
+    """Whether the kit on the host serves with an API key: "key", "open" (no key) or "none"
+    (no kit yet). Prints only that word, never the key (facts can be printed)."""
+
+    def command(self, service_dir: str) -> str:
+        return API_KEY_STATE_SH.format(env=shlex.quote(f"{service_dir}/.env"))
+
+    @staticmethod
+    def default():
+        return None
+
+    def process(self, output: list[str]):
+        word = output[0].strip() if output else ""
+        return word if word in ("key", "open", "none") else None
+
+
 # --- parsing (pure) ---------------------------------------------------------------------
 
 _VERSION = re.compile(r"\d+(?:\.\d+)+(?:[-+~][\w.+~-]*)?")

@@ -59,7 +59,8 @@ def gw_fleet(fleet, tmp_path_factory):
         with ThreadPoolExecutor(len(SERVING)) as pool:
             list(pool.map(lambda h: serving_image.preload(h, IMAGE), [fleet[n] for n in SERVING]))
         (work / "deploy.py").write_text(DEPLOY)
-        data = {n: {"model_revision": REVISION, "site_address": fleet[n].site_address} for n in SERVING}
+        data = {n: {"model_revision": REVISION, "site_address": fleet[n].site_address, "api_key": "open"}
+                for n in SERVING}  # the clients below send no key
         data[GATEWAY] = {"model_revision": REVISION}  # pinned fleet-wide, as in group_data/all.py
         yield {"fleet": fleet, "work": work, "data": data}
     finally:

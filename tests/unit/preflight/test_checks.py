@@ -263,9 +263,16 @@ def test_port(host, settings):
     assert c.status == "FAIL" and "unknown process" in c.reason
 
 
-def test_api_exposure(settings):
+def test_api_exposure(settings, host):
     unset = checks.check_api_exposure(settings)  # the host's own key is kept
     assert unset.status == "PASS" and "kept" in unset.reason
+    assert checks.check_api_exposure(settings, "key").status == "PASS"
+    for state in ("none", "open"):  # nothing to keep: the service stage will refuse the host
+        c = checks.check_api_exposure(settings, state)
+        assert c.status == "WARN" and "will refuse" in c.reason
+        assert 'api_key = "generate"' in c.remedy and 'api_key = "open"' in c.remedy
+    found = run_checks(None, {**host, "api_key_state": "none"}, settings)
+    assert named(found, "api_exposure").status == "WARN"
     assert checks.check_api_exposure(with_(settings, api_key="s3cret-key")).status == "PASS"
     opened = with_(settings, api_key="open")
     assert checks.check_api_exposure(opened).status == "WARN"
