@@ -66,6 +66,8 @@ def test_operator_deploy_file_runs_the_docker_stage_as_the_sudo_user(fleet, make
     daemon = json.loads(h.exec("cat /etc/docker/daemon.json").stdout)
     assert daemon["log-opts"]["max-size"] == "20m" and daemon["storage-driver"] == "vfs"
     assert h.exec("stat -c %U /etc/docker/daemon.json").stdout.strip() == "root"
+    # pyinfra's files.put (the init-less helper), under the inventory's _sudo
+    assert h.exec("stat -c '%U %a' /usr/local/sbin/glmfleet-dockerd").stdout.strip() == "root 755"
     assert h.exec("docker info --format '{{.ServerVersion}}'").stdout.strip()
 
     # A second run with nothing changed changes nothing.
