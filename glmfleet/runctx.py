@@ -20,7 +20,7 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra_cli.exceptions import CliError
 
 from glmfleet import report
-from glmfleet.settings import Settings, SettingsError, run_kind, validate_many
+from glmfleet.settings import Settings, SettingsError, load_defaults, run_kind, validate, validate_many
 
 STAGES = ("preflight", "docker", "nvidia_toolkit", "weights", "service")
 
@@ -31,6 +31,7 @@ class _Run:
     def __init__(self, state):
         self.state = state
         self.settings: dict[str, Settings] = {}
+        self.given: dict[str, Settings] = {}  # handed to a stage's deploy function (stage_settings)
         self.preflight: dict[str, dict] = {}  # host -> {"checks": [...], "verdict", "facts"}
         self.stages: dict[str, dict[str, tuple[str, str]]] = {}  # host -> stage -> (status, detail)
         self.info: dict[str, dict[str, object]] = {}  # host -> endpoint, revision, image, peak
@@ -218,7 +219,30 @@ def echo(text: str) -> None:
 def settings(state=None, host=None) -> Settings:
     state = state or current_host.state
     host = host or current_host
-    return validate_inventory(state)[host.name]
+    given = run_for(state).given.get(host.name)
+    return given if given is not None else validate_inventory(state)[host.name]
+
+
+def stage_settings(given=None, state=None, host=None) -> Settings:
+    """The settings a stage's deploy function runs with on this host, kept for its operations.
+
+    None: in this project's runs (config.py validated the inventory) the host's validated
+    settings; in a deploy of one's own, the host's inventory data over the packaged defaults.
+    A mapping: those settings over that. A Settings: as it is. Bad settings end the run with
+    the problems listed (a clean message, no traceback)."""
+    state = state or current_host.state
+    host = host or current_host
+    run = run_for(state)
+    if given is None and host.name in run.settings:
+        return run.settings[host.name]
+    if not isinstance(given, Settings):
+        try:
+            given = validate(host.name, {**load_defaults(), **host.data.dict(), **(given or {})},
+                             require_revision=False)
+        except SettingsError as e:
+            raise SystemExit(f"--> glmfleet: invalid settings (nothing was changed):\n{e}") from None
+    run.given[host.name] = given
+    return given
 
 
 def record(host_name: str, stage: str, status: str, detail: str = "", state=None) -> None:

@@ -13,8 +13,18 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULTS_FILE = REPO_ROOT / "group_data" / "all.py"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+
+def data_path(name: str) -> Path:
+    """files/ (the kit) or group_data/ (the defaults): an installed package carries them inside
+    itself (pyproject.toml maps them there), a checkout has them at the repository root."""
+    bundled = PACKAGE_DIR / name
+    return bundled if bundled.exists() else REPO_ROOT / name
+
+
+DEFAULTS_FILE = data_path("group_data") / "all.py"
 
 # The recipe's DCP-1 ceiling: above ~131k a single 250k request OOMs with the KV replicated.
 DCP1_MAX_MODEL_LEN = 131072

@@ -7,17 +7,15 @@ reached, a host whose weights are verified for the pinned revision goes on with 
 it holds, with a WARN). Once every host is in, runctx prints the readiness table and
 drops the hosts that failed, before any operation of any stage runs. Hosts of the
 `gateway` group get the gateway's checks instead (OS, disk, port, certificate; no GPU).
+The stage itself: glmfleet.preflight.check; this file hands it the other stages' knowledge.
 """
 
 from pyinfra import host, state
-from pyinfra.facts.files import File
 
-from glmfleet import runctx
+from glmfleet import preflight, runctx
 from glmfleet.docker import plan as docker_plan
 from glmfleet.docker.facts import DockerHostFacts
 from glmfleet.gateway.plan import is_gateway
-from glmfleet.preflight import HostFacts, gather_preflight_facts
-from glmfleet.preflight.checks import first_failure, preflight_checks, run_gateway_checks, verdict
 from glmfleet.weights.manifest import held_manifest
 from glmfleet.weights.ops import keep_held_manifest, manifest_for_run
 
@@ -34,20 +32,16 @@ def docker_conflicts(settings) -> list[str]:
 
 settings = runctx.settings()
 if is_gateway(host.groups):
-    # HostFacts' disk figures are for the filesystem of the path given: /var (HAProxy's).
-    facts = {"gpu": {"gpus": []},
-             "host": host.get_fact(HostFacts, weights_dir="/var/lib", port=settings.gateway_port)}
-    cert = host.get_fact(File, path=settings.gateway_tls_cert) if settings.gateway_tls_cert else None
-    checks = run_gateway_checks(facts["host"], settings, bool(cert))
+    preflight.check(gateway=True)
 else:
     manifest, manifest_error = manifest_for_run(state, settings)
-    facts = gather_preflight_facts(host, settings, manifest)
-    # The manifest a verified host holds: used only when the Hub cannot be reached (not in the report).
-    held = held_manifest(facts["host"].get("weights_verified"), facts["host"].pop("weights_held_manifest", None),
-                         settings.model_repo, settings.model_revision)
-    if manifest is None and manifest_error is not None and held is not None:
-        keep_held_manifest(state, host.name, held)
-    checks = preflight_checks(facts["gpu"], facts["host"], settings, manifest, manifest_error, held,
-                              docker_conflicts=docker_conflicts(settings))
-first = first_failure(checks)
-runctx.record_preflight(state, host, checks, facts, verdict(checks), first.reason if first else "")
+
+    def held(verified, raw):
+        """The manifest a verified host holds: used only when the Hub cannot be reached."""
+        found = held_manifest(verified, raw, settings.model_repo, settings.model_revision)
+        if manifest is None and manifest_error is not None and found is not None:
+            keep_held_manifest(state, host.name, found)
+        return found
+
+    preflight.check(manifest=manifest, manifest_error=manifest_error,
+                    docker_conflicts=docker_conflicts(settings), held_manifest=held)

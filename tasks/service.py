@@ -9,24 +9,14 @@ only when what it runs changed (compose file, .env values, serve.sh, image, weig
 revision). A host failing its health check goes back to its last known good kit. Last,
 monitor.sh is supervised: a systemd unit on systemd hosts, else started when not running
 (supervision on deploy only there; see glmfleet/service/monitor.py).
-How the rollout is gated inside pyinfra's execution: glmfleet/ops/service.py.
+How the rollout is gated inside pyinfra's execution: glmfleet/service/ops.py.
+The stage itself: glmfleet.service.rollout; this file hands it the gateway's drainer.
 """
 
 from pyinfra import host
 
-from glmfleet import runctx
+from glmfleet import service
 from glmfleet.gateway.ops import Drainer
-from glmfleet.service import ops
 
-
-def run() -> None:
-    runctx.settings()  # validated before anything (raises a clean error otherwise)
-    batch = ops.batch_size(host.state)
-    ops.check(name="Service: Docker, compose and verified weights in place")
-    ops.pull_image(name="Service: image on the host (pulled only when missing)")
-    drainer = Drainer(host.state) or None  # hosts of the `gateway` group: drain before a restart
-    ops.rollout(drainer, name=f"Service: kit placed and service healthy (canary, then {batch} at a time)")
-    ops.monitor(name="Service: monitor.sh supervised (systemd unit, else started when not running)")
-
-
-run()
+# hosts of the `gateway` group: each host is drained there before its restart
+service.rollout(drainer=Drainer(host.state) or None)

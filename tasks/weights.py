@@ -15,30 +15,9 @@ On the host:
 A re-run on intact weights is a stat per file and no change; a running download is attached
 to; a killed one resumes with the files it had finished. weights_fanout: one host per
 checkpoint fetches from the Hub, the others get copies over SSH and hash every file.
+The stage itself: glmfleet.weights.sync (a pyinfra deploy; this file only calls it).
 """
 
-from pyinfra import host, state
+from glmfleet import weights
 
-from glmfleet import runctx
-from glmfleet.weights import ops
-
-
-def run() -> None:
-    s = runctx.settings()
-    manifest, error = ops.manifest_for_run(state, s)
-    if manifest is None and error is not None:  # the Hub is unreachable: what preflight kept
-        manifest = ops.held_manifest_for(state, host.name)
-    if manifest is None:
-        reason = str(error) if error else "model_revision is not set: nothing to download"
-        ops.fail(f"no manifest for {s.model_repo}@{s.model_revision}: {reason}",
-                 name="Weights: manifest")
-        return
-    ops.tool_and_manifest(s, manifest, name="Weights: weights.pyz and the manifest")
-    ops.check_and_packages(s, manifest, name="Weights: stat-only check (+ Python packages if needed)")
-    ops.fetch(s, manifest, name="Weights: download and verify (detached on the host)")
-    if s.weights_fanout:
-        ops.fanout_push(s, manifest, name="Weights: fan-out: copy from the verified host")
-        ops.fanout_receive(s, manifest, name="Weights: fan-out: verify the copies")
-
-
-run()
+weights.sync()

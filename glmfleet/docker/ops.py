@@ -5,8 +5,11 @@ body when it executes), so each one sees what the earlier ones did and a re-run 
 to do yields no command: zero changes, zero restarts. The decisions themselves are pure
 functions in glmfleet.docker.plan.
 
-Files are written atomically (upload to a temp name beside the target, then rename), so an
-interrupted run never leaves half a file where a good one was.
+pyinfra's own operations do the plain work (apt.packages, files.put, files.file,
+server.shell); the operations written here are the ones pyinfra has no equivalent for, each
+saying why in its first docstring line. They write files atomically (upload to a temp name
+beside the target, then rename), so an interrupted run never leaves half a file where a good
+one was.
 
 Service manager, chosen from facts (/run/systemd/system present or not):
 - systemd hosts: `systemctl enable --now docker` / `systemctl restart docker`.
@@ -20,13 +23,13 @@ glmfleet/docker/facts.py and the APPLIED_STAMP it is compared with.
 
 from __future__ import annotations
 
-import hashlib
+import io
 import posixpath
 import shlex
 
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
-from pyinfra.facts.apt import noninteractive_apt
+from pyinfra.operations import apt, files, server
 
 from glmfleet import runctx
 from glmfleet.upload import atomic_upload
@@ -120,74 +123,49 @@ def _fail(stage: str, message: str):
     yield runctx.fail_command(message)
 
 
-# --- generic -------------------------------------------------------------------------------
-
-@operation()
-def fail(stage: str, message: str):
-    yield from _fail(stage, message)
-
+# --- generic: pyinfra's own operations where they do what we need -----------------------------
 
 def plan_fail(stage: str, message: str, **op_kwargs) -> None:
     """A FAIL known while planning (unsupported host, conflicting packages): recorded now, so
-    later stages of this host can see it, and turned into a failing operation so pyinfra
-    drops the host with the message when the run executes."""
+    later stages of this host can see it, and a failing command (pyinfra's server.shell) so
+    pyinfra drops the host with the message when the run executes."""
     runctx.record(host.name, stage, "FAIL", message)  # echoed when the run executes
-    fail(stage, message, **op_kwargs)
+    server.shell(commands=[runctx.fail_command(message)], **op_kwargs)
 
 
-@operation()
-def file_content(path: str, content: str | bytes, mode: str = "644"):
-    """Make ``path`` hold exactly ``content`` with ``mode``, written atomically."""
-    data = content.encode() if isinstance(content, str) else content
-    current = host.get_fact(FileDigest, path=path)
-    if current and current["sha256"] == hashlib.sha256(data).hexdigest():
-        if current["mode"] != mode:
-            yield StringCommand(f"chmod {mode} {q(path)}")
-        else:
-            host.noop(f"{path} is up to date")
-        return
-    yield from atomic_upload(path, data, mode)
+def file_content(path: str, content: str, mode: str = "644", **op_kwargs) -> None:
+    """pyinfra's files.put (root-owned; --diff shows the change). Not atomic under a plain
+    login (written in place): only for small files no running program reads mid-write."""
+    files.put(src=io.StringIO(content), dest=path, mode=mode, user="root", group="root", **op_kwargs)
 
 
-@operation()
-def file_absent(path: str):
-    if host.get_fact(FileDigest, path=path) is None:
-        host.noop(f"{path} is absent")
-        return
-    yield StringCommand(f"rm -f {q(path)}")
+def file_absent(path: str, **op_kwargs) -> None:
+    files.file(path=path, present=False, **op_kwargs)
 
 
-@operation()
-def apt_install(packages: list[str]):
-    """Install what is missing (or pinned at another version); `apt-get update` first, and
-    only then: a host with everything in place makes no apt call at all."""
+def apt_install(packages: list[str], **op_kwargs) -> None:
+    """pyinfra's apt.packages. `apt-get update` runs first only when a package is missing (or
+    pinned at another version) while planning, so a host with everything in place makes no
+    apt call at all; a cache window (cache_time) is not used, as it would skip the update
+    right after a new source was added (the toolkit's, after the docker stage's update).
+    No recommends: a server gets what it asked for (Debian's docker-compose would otherwise
+    pull in docker.io, docker-ce would pull docker-ce-rootless-extras)."""
     installed = host.get_fact(InstalledPackages, names=tuple(package_name(p) for p in packages))
-    todo = packages_to_install(list(packages), installed)
-    if not todo:
-        host.noop(f"installed: {', '.join(packages)}")
-        return
-    yield noninteractive_apt("update")
-    # No recommends: a server gets what it asked for (Debian's docker-compose would otherwise
-    # pull in docker.io, docker-ce would pull docker-ce-rootless-extras).
-    yield noninteractive_apt("install --no-install-recommends --allow-downgrades "
-                             + " ".join(q(p) for p in todo))
+    apt.packages(packages=list(packages), update=bool(packages_to_install(list(packages), installed)),
+                 no_recommends=True, allow_downgrades=True, **op_kwargs)
 
 
-@operation()
-def apt_remove(packages: list[str]):
-    installed = host.get_fact(InstalledPackages, names=tuple(packages))
-    present = [p for p in packages if p in installed]
-    if not present:
-        host.noop("no conflicting package installed")
-        return
-    yield noninteractive_apt("remove " + " ".join(q(p) for p in present))
+def apt_remove(packages: list[str], **op_kwargs) -> None:
+    apt.packages(packages=list(packages), present=False, **op_kwargs)
 
 
 # --- repositories --------------------------------------------------------------------------
 
 @operation()
 def trusted_key(repo: AptRepo, stage: str):
-    """Install ``repo``'s signing key only after checking it is the pinned one.
+    """A repository key trusted only once it matches the pinned fingerprint (apt.key has no check).
+
+    Installs ``repo``'s signing key only after checking it is the pinned one.
 
     The key is fetched on the host (apt's own downloader, so the site's apt proxy applies),
     read with gpg there, and its bytes come back here; only those exact bytes are written to
@@ -227,7 +205,9 @@ def _daemon_config():
 
 @operation()
 def daemon_json(log_max_size: str, log_max_file: int, stage: str = "docker"):
-    """Merge our keys into daemon.json (operator keys kept); rewrite only on a real change."""
+    """Our keys merged into daemon.json, the operator's kept (files.put replaces whole files).
+
+    Rewritten (atomically) only on a real change."""
     text, config, error = _daemon_config()
     if error:
         yield from _fail(stage, error)
@@ -243,7 +223,9 @@ def daemon_json(log_max_size: str, log_max_file: int, stage: str = "docker"):
 
 @operation()
 def nvidia_runtime(stage: str = "nvidia_toolkit"):
-    """`nvidia-ctk runtime configure --runtime=docker`, on a copy that then replaces
+    """nvidia-ctk's runtime configure, only when needed and atomic (server.shell: always, in place).
+
+    `nvidia-ctk runtime configure --runtime=docker` runs on a copy that then replaces
     daemon.json in one rename (nvidia-ctk itself rewrites in place). Skipped when the
     nvidia runtime is already there."""
     _, config, error = _daemon_config()
@@ -264,8 +246,10 @@ def nvidia_runtime(stage: str = "nvidia_toolkit"):
 
 @operation()
 def cdi_spec(setting: str, stage: str = "nvidia_toolkit"):
-    """Generate NVIDIA's CDI spec (/var/run/cdi/nvidia.yaml) when cdi_decision says so and
-    it differs from what is there."""
+    """A CDI spec generated on the host, replaced only when it differs (files.put: controller files).
+
+    Generates NVIDIA's CDI spec (/var/run/cdi/nvidia.yaml) when cdi_decision says so and it
+    differs from what is there."""
     installed = host.get_fact(InstalledPackages, names=("nvidia-container-toolkit-base",))
     has_driver = bool(host.get_fact(NvidiaDriver))
     wanted, note = cdi_decision(setting, installed.get("nvidia-container-toolkit-base"), has_driver)
@@ -290,7 +274,9 @@ def cdi_spec(setting: str, stage: str = "nvidia_toolkit"):
 
 @operation()
 def docker_service():
-    """dockerd running what is on disk: start it when stopped, restart it only when its inputs
+    """dockerd restarted only when its inputs changed, init-less hosts too (systemd.service: neither).
+
+    dockerd running what is on disk: start it when stopped, restart it only when its inputs
     changed (stamp; see plan.dockerd_action), adopt a running one that already runs them,
     enable it at boot where there is systemd."""
     svc = host.get_fact(DockerService)
@@ -325,7 +311,9 @@ def _preflight_uuids() -> list[str] | None:
 
 @operation()
 def verify_docker(flavour: str, stage: str = "docker"):
-    """Docker answers, compose is there; the result goes to the run's summary."""
+    """A check, not a change: Docker answers, compose is there (no pyinfra equivalent).
+
+    The result goes to the run's summary."""
     if not _executing():
         return
     svc = host.get_fact(DockerService)
@@ -350,7 +338,9 @@ def verify_docker(flavour: str, stage: str = "docker"):
 
 @operation()
 def gpu_container_check(image: str | None, always: bool):
-    """Pull IMAGE when it is not on the host, then run a throwaway
+    """A throwaway GPU container, only when due, its image pulled with progress (no pyinfra equivalent).
+
+    Pull IMAGE when it is not on the host, then run a throwaway
     `docker run --rm --gpus all IMAGE nvidia-smi -L`; verify_toolkit compares what it saw
     with preflight's GPUs. Runs only when dockerd or the toolkit changed since the last pass
     (or gpu_check_always): a second deploy with nothing changed starts no container."""
@@ -399,7 +389,9 @@ def _gpu_verdict(image: str | None) -> tuple[str, str, bool]:
 
 @operation()
 def verify_toolkit(gpu_check_image: str | None, cdi_setting: str, stage: str = "nvidia_toolkit"):
-    """The nvidia runtime is configured, and the GPU container check (when it ran) saw the
+    """A check, not a change: the toolkit and the GPUs seen (no pyinfra equivalent).
+
+    The nvidia runtime is configured, and the GPU container check (when it ran) saw the
     GPUs preflight found; its outcome is stamped so the next deploy need not run it again."""
     if not _executing():
         return

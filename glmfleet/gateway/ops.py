@@ -23,6 +23,7 @@ import time
 import gevent
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+from pyinfra.operations import apt
 
 from glmfleet import remote, runctx
 from glmfleet.gateway import plan as gw
@@ -121,21 +122,19 @@ def _record(status: str, detail: str) -> None:
     runctx.echo(f"[{host.name}] gateway: {status}: {detail}")
 
 
-@operation()
-def packages():
-    """HAProxy and socat from the distribution; apt runs only when one is missing."""
+def packages(**op_kwargs) -> None:
+    """HAProxy and socat from the distribution (pyinfra's apt.packages); `apt-get update` only
+    when one is missing, so a host with both makes no apt call."""
     facts = host.get_fact(GatewayFacts)
-    if facts["haproxy"] and facts["socat"]:
-        host.noop("haproxy and socat installed")
-        return
-    apt = "DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Options::=--force-confold"
-    yield f"{apt} update"
-    yield f"{apt} install --no-install-recommends " + " ".join(gw.PACKAGES)
+    apt.packages(packages=list(gw.PACKAGES), update=not (facts["haproxy"] and facts["socat"]),
+                 no_recommends=True, **op_kwargs)
 
 
 @operation()
 def config(text: str, endpoint: str):
-    """haproxy.cfg placed (validated first) and HAProxy reloaded, only when it changed."""
+    """haproxy.cfg validated before it replaces the working one (files.put has no validation step).
+
+    Placed and HAProxy reloaded (admin states kept) only when it changed."""
     facts = host.get_fact(GatewayFacts)
     want = hashlib.sha256(text.encode()).hexdigest()
     if facts["config_sha"] == want:
@@ -160,7 +159,9 @@ def config(text: str, endpoint: str):
 
 @operation()
 def admin_states():
-    """After the GPU stages: hosts that failed in this run held out (maint), hosts that
+    """HAProxy's runtime API set from this run's results (no pyinfra equivalent).
+
+    After the GPU stages: hosts that failed in this run held out (maint), hosts that
     passed ready again; hosts outside this run are left as they are."""
     if not host.state.is_executing:
         return  # the verdicts exist only once the GPU stages have run

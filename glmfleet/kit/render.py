@@ -22,9 +22,9 @@ from typing import Mapping
 import jinja2
 
 from glmfleet.kit.index_pattern import check_pattern
-from glmfleet.settings import API_KEY_OPEN, REPO_ROOT, Settings
+from glmfleet.settings import API_KEY_OPEN, Settings, data_path
 
-FILES_DIR = REPO_ROOT / "files"
+FILES_DIR = data_path("files")
 
 SECRET_MODE = 0o600  # files that may hold the API key
 # Copied verbatim from files/ (kit path -> mode).

@@ -6,6 +6,8 @@ NVML probe from stdin). Both always succeed and return dicts; failures are insid
     from glmfleet.preflight import gather_preflight_facts
     facts = gather_preflight_facts(host, settings)   # {"gpu": {...}, "host": {...}}
     checks = glmfleet.preflight.checks.run_checks(facts["gpu"], facts["host"], settings)
+
+glmfleet.preflight.check(settings, ...): the stage as a pyinfra deploy (deploys.py).
 """
 
 from __future__ import annotations
@@ -27,3 +29,11 @@ def gather_preflight_facts(host, settings, manifest: dict | None = None) -> dict
     if settings.api_key is None:  # the service stage keeps the host's key: is there one?
         host_facts = {**host_facts, "api_key_state": host.get_fact(ApiKeyState, service_dir=settings.service_dir)}
     return {"gpu": gpu, "host": host_facts}
+
+
+def __getattr__(name: str):
+    # The deploy functions, imported on first use (they import pyinfra; plan.py stays pure).
+    if name == "check":
+        from glmfleet.preflight import deploys
+        return getattr(deploys, name)
+    raise AttributeError(f"module 'glmfleet.preflight' has no attribute {name!r}")

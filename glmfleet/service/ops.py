@@ -54,7 +54,7 @@ from glmfleet.service import monitor as mon
 from glmfleet import remote, runctx
 from glmfleet.service import plan as svc
 from glmfleet.kit.index_pattern import derive
-from glmfleet.kit.render import KitError, render_kit
+from glmfleet.kit.render import SECRET_MODE, KitError, render_kit
 from glmfleet.settings import API_KEY_OPEN, Settings
 
 STAGE = "service"
@@ -416,7 +416,8 @@ def _has_service_ops(state, h) -> bool:
 
 @operation()
 def check():
-    """Refuse to go on (FAIL the host, nothing changed) when the host cannot serve yet."""
+    """A gate, not a change (no pyinfra equivalent): refuse to go on (FAIL the host, nothing
+    changed) when the host cannot serve yet."""
     if not host.state.is_executing:
         return  # planning: the earlier stages of this run may still install/verify things
     s = runctx.settings()
@@ -432,8 +433,9 @@ def check():
 
 @operation()
 def pull_image():
-    """`docker pull` the image, only when it is not on the host (a present tag is trusted:
-    pin tags that never move, such as the dated b12x tags)."""
+    """`docker pull` with progress, only when the image is missing (docker.image: no progress).
+
+    A present tag is trusted: pin tags that never move, such as the dated b12x tags."""
     s = runctx.settings()
     facts = _facts(s, ())
     if facts["image_id"]:
@@ -455,9 +457,30 @@ def _pull(state, host, image: str) -> bool:  # noqa: ARG001
     return ok
 
 
+def _show_diff(job: Job) -> None:
+    """--diff: each kit file to be written, as pyinfra's files.put shows one (a colour diff
+    against the host's copy); a file that may hold the API key (.env) by its name only."""
+    from pyinfra.facts.files import FileContents
+    from pyinfra.operations.util.files import generate_color_diff
+
+    for path in job.plan.files:
+        text, mode = job.files[path]
+        dest = f"{job.settings.service_dir}/{path}"
+        if mode == SECRET_MODE:
+            host.log(f"Will write {dest} (may hold the API key: never diffed)", logger.info)
+            continue
+        current = host.get_fact(FileContents, path=dest)
+        host.log(f"Will {'modify' if current is not None else 'create'} {dest}", logger.info)
+        for line in generate_color_diff([f"{line}\n" for line in current or []], text.splitlines(True)):
+            logger.info("  %s", line)
+        logger.info("")
+
+
 @operation()
 def rollout(drainer=None):
-    """Place the kit and start/restart the service where needed, in rollout order.
+    """The gated rollout: canary, batches, health check, rollback (no pyinfra equivalent).
+
+    Place the kit and start/restart the service where needed, in rollout order.
     ``drainer`` (tasks/service.py hands in the gateway's, or None): drain before a restart."""
     s = runctx.settings()
     executing = host.state.is_executing
@@ -475,6 +498,8 @@ def rollout(drainer=None):
         if job.plan.changes:  # what --dry shows: the file names and reasons, never content
             exposure = f"; {job.exposure}" if job.exposure else ""
             runctx.echo(f"[{host.name}] service would {job.plan.describe()}{exposure}")
+            if host.state.config.DIFF:
+                _show_diff(job)
             yield FunctionCommand(_apply, (job,), {})
         return
 
@@ -517,7 +542,9 @@ class MonitorFacts(FactBase):
 
 @operation()
 def monitor():
-    """monitor.sh supervised: a systemd unit where there is systemd (rewritten only when its
+    """monitor.sh supervised on systemd and init-less hosts alike (systemd.service needs systemd).
+
+    A systemd unit where there is systemd (rewritten only when its
     content changed), else started detached when not running (supervision on deploy only)."""
     s = runctx.settings()
     unit = mon.render_unit(s.service_dir, s.service_name)
@@ -649,7 +676,7 @@ def _fleet_harness(state, suite: str, rows: dict, hosts: list) -> set[str]:
 
     from gevent.pool import Pool
 
-    from glmfleet.settings import REPO_ROOT
+    from glmfleet.kit.render import FILES_DIR
     from glmfleet.service.status import base_url, harness_argv, harness_row, harness_table
 
     def one(h):
@@ -662,7 +689,7 @@ def _fleet_harness(state, suite: str, rows: dict, hosts: list) -> set[str]:
         env = {**os.environ, "API_KEY": service_run(state).status_keys.get(h.name, ""),
                "MODEL": s.served_model_name}
         try:
-            p = subprocess.run(harness_argv(sys.executable, str(REPO_ROOT), suite, url), env=env,
+            p = subprocess.run(harness_argv(sys.executable, str(FILES_DIR.parent), suite, url), env=env,
                                capture_output=True, text=True, timeout=3 * 3600)
             return h.name, harness_row(json.loads(p.stdout))
         except (ValueError, OSError, subprocess.TimeoutExpired) as e:

@@ -118,9 +118,10 @@ def status_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
 HARNESS = "files/test/coherence_test.py"  # the kit's own harness, run here on the controller
 
 
-def harness_argv(python: str, repo_root: str, suite: str, base_url: str) -> list[str]:
-    """The harness against one endpoint; the API key goes in the environment, never argv."""
-    return [python, f"{repo_root}/{HARNESS}", suite, "--base-url", base_url, "--json", "-",
+def harness_argv(python: str, root: str, suite: str, base_url: str) -> list[str]:
+    """The harness against one endpoint (root: the folder holding files/, a checkout or the
+    installed package); the API key goes in the environment, never argv."""
+    return [python, f"{root}/{HARNESS}", suite, "--base-url", base_url, "--json", "-",
             "--timeout", "1800"]
 
 

@@ -45,6 +45,7 @@ import gevent
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.operations import server
 
 from glmfleet import remote, runctx
 from glmfleet.settings import Settings
@@ -183,18 +184,18 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@operation()
-def fail(message: str):
-    """A FAIL known while planning (e.g. no manifest): recorded, then the host is dropped."""
-    if _executing():
-        runctx.record(host.name, STAGE, "FAIL", message)
-    yield runctx.fail_command(message)
+def fail(message: str, **op_kwargs) -> None:
+    """A FAIL known while planning (e.g. no manifest): recorded now, then a failing command
+    (pyinfra's server.shell) drops the host when the run executes."""
+    runctx.record(host.name, STAGE, "FAIL", message)
+    server.shell(commands=[runctx.fail_command(message)], **op_kwargs)
 
 
 # ---- 1. weights.pyz and the manifest -----------------------------------------------------
 
 @operation()
 def tool_and_manifest(s, manifest: dict):
+    """weights.pyz and the manifest, replaced atomically (files.put writes in place; a job may read them)."""
     paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
     look = _look(s)
     tool = toolapp.build()  # same sources, same bytes: compared by digest
@@ -228,6 +229,7 @@ def _needs_work(s, look: dict, manifest: dict) -> tuple[bool, str]:
 
 @operation()
 def check_and_packages(s, manifest: dict):
+    """A stat-only check; the Python packages shipped only when a download may be due (no pyinfra equivalent)."""
     look = _look(s)
     needs, why = _needs_work(s, look, manifest)
     if _executing():
@@ -453,6 +455,7 @@ def _lost(e: Exception) -> str:
 
 @operation()
 def fetch(s, manifest: dict):
+    """A detached download job, attached to and followed with progress (server.shell blocks, silent)."""
     look = _look(s)
     needs, why = _needs_work(s, look, manifest)
     if not needs:
@@ -492,6 +495,7 @@ def _sftp(h):
 
 @operation()
 def fanout_push(s, manifest: dict):
+    """Copies from a verified host to the others, host to host (files.put only sends controller files)."""
     if not _executing():
         host.noop("fan-out: decided at run time")
         return
@@ -633,6 +637,7 @@ def _close_quiet(f) -> None:
 
 @operation()
 def fanout_receive(s, manifest: dict):
+    """The copies hashed on each receiving host against the manifest (no pyinfra equivalent)."""
     if not _executing():
         host.noop("fan-out: decided at run time")
         return

@@ -175,7 +175,7 @@ def test_toolkit_installed_and_wired_into_docker(hosts, runs):
     assert "nvidia-smi not found on this host (the driver's command-line tools" in log
     # the GPU container check is an operation of its own; without a driver it pulls nothing
     check = [op for op in report["results"]["operations"] if op["name"].startswith(
-        "tasks/nvidia_toolkit.py | Toolkit: GPU container check")]
+        "tasks/nvidia_toolkit.py | docker.nvidia_toolkit | Toolkit: GPU container check")]
     assert len(check) == 1 and "dk-ce" in check[0]["no_change"], check
     assert h.exec("docker images -q").stdout.strip() == ""
     assert h.exec("test -e /var/run/cdi/nvidia.yaml", check=False).returncode == 1
@@ -204,7 +204,7 @@ def test_wrong_key_fingerprint_is_refused_and_nothing_installed(hosts, repo, run
     h = hosts["dk-badkey"]
     assert rc != 0
     # the key operation failed, nothing before it changed anything, nothing after it ran
-    assert _errors(report, "dk-badkey")[0] == "tasks/docker.py | Docker: signing key (fingerprint checked)"
+    assert _errors(report, "dk-badkey")[0] == "tasks/docker.py | docker.install | Docker: signing key (fingerprint checked)"
     assert _changed(report, "dk-badkey") == []
     assert "refusing the signing key for Docker's apt repository" in log
     assert f"its fingerprint is {repo.docker_fingerprint}" in log and f"not the pinned {REAL_DOCKER_FPR}" in log

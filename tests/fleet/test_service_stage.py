@@ -254,6 +254,23 @@ def test_thinking_off_restarts_exactly_that_host(svc_fleet, first, pyinfra_cli):
     assert ready(fleet["sv-a"]).get("reasoning")
 
 
+def test_diff_shows_the_compose_change_and_never_the_env_values(svc_fleet, first, pyinfra_cli):
+    """--dry --diff on a kit change: the compose file's diff as pyinfra's files.put shows one;
+    .env (it may hold the API key) by its name only."""
+    fleet = svc_fleet["fleet"]
+    data = {n: dict(d) for n, d in svc_fleet["data"].items()}  # this run only
+    old = DEFAULTS["docker_log_max_file"]
+    data["sv-c"].update(docker_log_max_file=old + 2, api_key=API_KEY)
+    before = {n: container(fleet[n]) for n in HOSTS}
+    rc, report, log, _ = deploy(svc_fleet, pyinfra_cli, "--dry", "--diff", data=data, tag="diff", yes=False)
+    assert rc == 0 and report["results"] is None, log[-3000:]
+    assert f"Will modify {SERVICE_DIR}/docker-compose.yml" in log, log[-3000:]
+    assert f'max-file: "{old}"' in log and f'max-file: "{old + 2}"' in log, log[-3000:]
+    assert f"Will write {SERVICE_DIR}/.env (may hold the API key: never diffed)" in log
+    assert API_KEY not in log and API_KEY not in json.dumps(report)
+    assert {n: container(fleet[n]) for n in HOSTS} == before
+
+
 def test_status_is_read_only_and_reports_every_host(svc_fleet, first, pyinfra_cli):
     fleet = svc_fleet["fleet"]
     before = {n: container(fleet[n]) for n in HOSTS}

@@ -42,3 +42,38 @@ def test_one_failing_command_for_every_stage(tmp_path):
     pkg = Path(runctx.__file__).parent
     copies = [str(p) for p in pkg.rglob("ops.py") if re.search(r">&2; exit 1\"\)", p.read_text())]
     assert copies == [], copies
+
+
+def _own_state(data):
+    """A run of an operator's own deploy: no config.py, so nothing validated the inventory."""
+    return State(Inventory((["gpu-01"], data)), Config())
+
+
+def test_a_stage_given_a_mapping_lays_it_over_the_inventory_over_the_packaged_defaults():
+    from glmfleet.settings import load_defaults
+
+    state = _own_state({"docker_packages": "distro", "port": 8100})
+    host = state.inventory.get_host("gpu-01")
+    s = runctx.stage_settings({"port": 8200}, state, host)
+    assert (s.port, s.docker_packages) == (8200, "distro")
+    assert s.image == load_defaults()["image"] and s.model_revision is None  # none needed here
+    assert runctx.settings(state, host) is s  # the stage's operations read the same back
+
+
+def test_a_stage_with_bad_settings_ends_the_run_naming_host_setting_and_what_is_allowed():
+    state = _own_state({})
+    host = state.inventory.get_host("gpu-01")
+    with pytest.raises(SystemExit) as e:
+        runctx.stage_settings({"docker_packages": "podman", "sevice_dir": "/x"}, state, host)
+    text = str(e.value.code)
+    assert "nothing was changed" in text and "gpu-01: setting 'docker_packages' = 'podman'" in text
+    assert "unknown setting 'sevice_dir' (did you mean 'service_dir'?)" in text and "Traceback" not in text
+
+
+def test_in_this_projects_runs_a_stage_gets_the_validated_settings():
+    from glmfleet.settings import load_defaults
+
+    state = _own_state({**load_defaults(), "model_revision": "0" * 40})  # group_data/all.py's
+    host = state.inventory.get_host("gpu-01")
+    validated = runctx.validate_inventory(state)["gpu-01"]
+    assert runctx.stage_settings(None, state, host) is validated

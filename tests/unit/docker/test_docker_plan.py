@@ -565,5 +565,5 @@ def test_the_gpu_check_is_an_operation_not_a_fact():
     from glmfleet.docker import facts
 
     assert not hasattr(facts, "GpuContainerCheck")
-    text = Path("tasks/nvidia_toolkit.py").read_text()
+    text = Path("glmfleet/docker/deploys.py").read_text()  # the stage tasks/nvidia_toolkit.py calls
     assert "ops.gpu_container_check(s.gpu_check_image, s.gpu_check_always" in text

@@ -1,0 +1,30 @@
+"""The weights stage as a pyinfra deploy: called by tasks/weights.py or a deploy file of one's
+own (README: "Use a stage in your own deploy")."""
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from glmfleet import runctx
+from glmfleet.weights import ops
+
+
+@deploy("weights.sync")
+def sync(settings=None) -> None:
+    """The checkpoint at model_revision on the host, verified against the Hub's hashes
+    (downloaded, or copied from a verified host with weights_fanout). settings: a Settings,
+    a mapping over the host's data and the defaults, or None."""
+    s = runctx.stage_settings(settings)
+    manifest, error = ops.manifest_for_run(host.state, s)
+    if manifest is None and error is not None:  # the Hub is unreachable: what preflight kept
+        manifest = ops.held_manifest_for(host.state, host.name)
+    if manifest is None:
+        reason = str(error) if error else "model_revision is not set: nothing to download"
+        ops.fail(f"no manifest for {s.model_repo}@{s.model_revision}: {reason}",
+                 name="Weights: manifest")
+        return
+    ops.tool_and_manifest(s, manifest, name="Weights: weights.pyz and the manifest")
+    ops.check_and_packages(s, manifest, name="Weights: stat-only check (+ Python packages if needed)")
+    ops.fetch(s, manifest, name="Weights: download and verify (detached on the host)")
+    if s.weights_fanout:
+        ops.fanout_push(s, manifest, name="Weights: fan-out: copy from the verified host")
+        ops.fanout_receive(s, manifest, name="Weights: fan-out: verify the copies")
