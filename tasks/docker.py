@@ -58,8 +58,9 @@ def run() -> None:
     if conflicts:
         ops.apt_remove(conflicts, name="Docker: remove conflicting packages (docker_remove_conflicts)")
 
-    ops.daemon_json(s.docker_log_max_size, s.docker_log_max_file, STAGE,
-                    name="Docker: merge daemon.json (log rotation)")
+    ops.daemon_json(s.docker_log_max_size, s.docker_log_max_file, STAGE, s.registry_mirror,
+                    name="Docker: merge daemon.json (log rotation"
+                         + (", registry_mirror)" if s.registry_mirror else ")"))
     ops.apt_install(plan.docker_packages(host_os, s), name=f"Docker: install ({s.docker_packages})")
     if facts["init"] != "systemd":
         ops.file_content(ops.INITLESS_HELPER, ops.INITLESS_SCRIPT, mode="755",

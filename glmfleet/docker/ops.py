@@ -226,13 +226,15 @@ def _daemon_config():
 
 
 @operation()
-def daemon_json(log_max_size: str, log_max_file: int, stage: str = "docker"):
+def daemon_json(log_max_size: str, log_max_file: int, stage: str = "docker",
+                registry_mirror: str | None = None):
     """Merge our keys into daemon.json (operator keys kept); rewrite only on a real change."""
     text, config, error = _daemon_config()
     if error:
         yield from _fail(stage, error)
         return
-    merged = merge_daemon_config(config, log_max_size=log_max_size, log_max_file=log_max_file)
+    merged = merge_daemon_config(config, log_max_size=log_max_size, log_max_file=log_max_file,
+                                 registry_mirror=registry_mirror)
     if merged == config and text is not None:
         host.noop(f"{DAEMON_JSON} already has our settings")
         return
