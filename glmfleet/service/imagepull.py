@@ -12,7 +12,9 @@ none ran or it failed). On the host:
                                          status once it finished)
 
 A background pull is started once per image: one that finished (well or not) is not started
-again; the service stage's own pull then says what went wrong.
+again; the service stage's own pull then says what went wrong. Behind a registry_mirror, only
+the first host of those pulling the image through it starts at once; the others start when
+its pull is done, so the mirror holds every layer (glmfleet/service/ops.py, _Follow).
 """
 
 from __future__ import annotations

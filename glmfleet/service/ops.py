@@ -370,7 +370,7 @@ def _apply_inner(job: Job, drainer=None) -> tuple[bool, str]:
     drained = drainer.drain(host.name, s.gateway_drain_timeout_s, _say) if drainer and serving else False
     seeded: list[str] = []
     ok, why = _launch(job, restart=plan.action == "restart",
-                      before_start=lambda: seeded.append(_seed_jit_cache(job)))
+                      before_start=lambda: seeded.append(_seed_or_say_why(job)))
     if not ok:
         return False, f"health check failed: {why}"
     boot = _boot_check(job)
@@ -435,6 +435,14 @@ def _seed_archive(run: _ServiceRun, canary: str) -> tuple[str, int] | None:
         remote.sh(source, f"rm -f {jitseed.ARCHIVE}", show=False)
         run.seed_archive = (local, int(r.out[-1]) if r.out and r.out[-1].isdigit() else 0)
         return run.seed_archive
+
+
+def _seed_or_say_why(job: Job) -> str | None:
+    """Seeding is an optimisation: whatever goes wrong in it, the host boots (cold)."""
+    try:
+        return _seed_jit_cache(job)
+    except Exception as e:  # noqa: BLE001
+        return f"JIT cache not seeded: {type(e).__name__}: {e}"
 
 
 def _seed_jit_cache(job: Job) -> str | None:
@@ -555,9 +563,81 @@ def pull_start():
     if not due:
         host.noop(why)
         return
-    if host.state.is_executing:
-        runctx.echo(f"[{host.name}] pulling {s.image} in the background (log: {imagepull.LOG})")
-    yield StringCommand(imagepull.start_command(s.image))
+    lead = _pull_lead(host.state, host, s)
+    if lead is None:
+        if host.state.is_executing:
+            runctx.echo(f"[{host.name}] pulling {s.image} in the background (log: {imagepull.LOG})")
+        yield StringCommand(imagepull.start_command(s.image))
+        return
+    if not host.state.is_executing:
+        yield StringCommand(f"# after {lead}'s pull through {s.registry_mirror}: "
+                            + imagepull.start_command(s.image))
+        return
+    runctx.echo(f"[{host.name}] pulling {s.image} in the background once {lead} has it in the "
+                f"mirror {s.registry_mirror} (each layer from upstream once)")
+    yield FunctionCommand(_follow, (lead, s.image), {})
+
+
+# Behind a pull-through cache, the first pull of a layer goes upstream; so do pulls of it that
+# start before the cache stored it (distribution 2.8 fetches once for its storage plus once per
+# client then). So among the hosts pulling one image through one mirror, the first in inventory
+# order (the lead) pulls first, and the others start once it is done: each layer then comes
+# from upstream for the lead only, and to the others from the site's cache.
+
+def _pull_lead(state, h, s: Settings) -> str | None:
+    """The host whose pull this host's waits for; None: this host pulls at once."""
+    if not s.registry_mirror:
+        return None
+    group = [x.name for x in state.inventory if x in state.active_hosts
+             and (o := runctx.settings(state, x)).registry_mirror == s.registry_mirror
+             and o.image == s.image]
+    return group[0] if group and group[0] != h.name else None
+
+
+class _Follow:
+    """One controller greenlet per lead: waits for its pull, then starts the followers'."""
+
+    def __init__(self, state, lead: str, image: str):
+        self.state, self.lead, self.image = state, lead, image
+        self.followers: list[str] = []
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        lead = self.state.inventory.get_host(self.lead)
+        misses = 0
+        while misses < 5:
+            if lead in self.state.failed_hosts:
+                break
+            r = remote.sh(lead, imagepull.state_command(self.image), show=False)
+            misses = 0 if r.ok else misses + 1
+            st = imagepull.parse_state(r.out if r.ok else [])
+            if st["image_id"] or (st["bg_image"] == self.image and not st["bg_running"]):
+                break
+            gevent.sleep(2)
+        gevent.sleep(0)  # followers that joined while the last poll ran are in the list now
+        for h in map(self.state.inventory.get_host, self.followers):
+            r = remote.sh(h, imagepull.state_command(self.image), show=False)
+            if r.ok and imagepull.background_due(imagepull.parse_state(r.out), self.image)[0]:
+                remote.sh(h, imagepull.start_command(self.image), show=False)
+                runctx.echo(f"[{h.name}] {self.lead}'s pull is done: pulling {self.image} in the "
+                            f"background (log: {imagepull.LOG})")
+
+
+def _follow(state, host, lead: str, image: str) -> bool:
+    """Register this host with its lead's greenlet (started by the first follower)."""
+    follows = runctx.per_run(state, "image_follow", lambda _: {})
+    if (lead, image) not in follows or follows[(lead, image)].greenlet.dead:
+        follows[(lead, image)] = _Follow(state, lead, image)
+    follows[(lead, image)].followers.append(host.name)
+    return True
+
+
+def _wait_for_lead(state, image: str) -> None:
+    """A follower, in the service stage: wait until its background pull has been started."""
+    for (lead, img), follow in runctx.per_run(state, "image_follow", lambda _: {}).items():
+        if img == image and host.name in follow.followers and not follow.greenlet.dead:
+            _say(f"waiting for {lead}'s pull of {image} through the mirror")
+            follow.greenlet.join()
 
 
 @operation()
@@ -600,6 +680,7 @@ def _wait_for_background_pull(image: str) -> bool:
 
 
 def _pull(state, host, image: str) -> bool:  # noqa: ARG001
+    _wait_for_lead(state, image)
     if _wait_for_background_pull(image):
         return True
     _say(f"pulling {image} (progress below) ...")
