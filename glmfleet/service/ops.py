@@ -478,7 +478,8 @@ def _seed_jit_cache(job: Job) -> str | None:
         ok, out = _sh(jitseed.unpack_command(volume, s.service_dir, digest))
     if not ok:
         return f"JIT cache not seeded from {canary}: {' '.join(out)[-200:]}"
-    note = (f"JIT cache seeded from {canary} ({archive[1] / 2**20:.1f} MiB through the controller; "
+    size = f"{archive[1] / 2**20:.1f} MiB" if archive[1] >= 2**20 else f"{archive[1] / 1024:.1f} KiB"
+    note = (f"JIT cache seeded from {canary} ({size} through the controller; "
             "same image, GPU, driver and flags)")
     _say(note)
     return note

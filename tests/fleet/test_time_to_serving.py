@@ -80,7 +80,8 @@ def site(fleet, pyinfra_cli, tmp_path_factory):
             data[name] = {**repo.settings(h.gateway), "docker_packages": "distro", "image": IMAGE,
                           "registry_mirror": mirror, "model_revision": DEFAULT_REVISION, "api_key": "open",
                           "hf_endpoint": hubs[-1].url, "weights_dir": WEIGHTS_DIR,
-                          "rollout_batch_size": 2, "preflight_report": str(work / "preflight.json")}
+                          "rollout_batch_size": 2, "preflight_report": str(work / "preflight.json"),
+                          "prometheus_targets": str(work / "prometheus-targets.json")}
         inventory = fleet.write_inventory(work / "inventory.py", hosts=list(HOSTS), host_data=data)
         r = subprocess.run([pyinfra_cli, "-y", str(inventory), "deploy.py"], cwd=REPO,
                            capture_output=True, text=True, timeout=1500)
@@ -161,3 +162,15 @@ def test_only_the_canary_compiled(fleet, site):
         assert f"JIT cache seeded from {canary}" in line, line
     # seeding saves the compile, not the tuning that is never cached at several ranks
     assert all("FlashInfer autotune at 4 ranks" in b for b in boots.values())
+
+
+def test_a_second_run_changes_nothing(site, pyinfra_cli):
+    """Image present, caches seeded, nothing restarted: no operation changes anything."""
+    assert site["rc"] == 0, site["log"][-8000:]
+    r = subprocess.run([pyinfra_cli, "-y", "--json", str(site["work"] / "inventory.py"), "deploy.py"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    (site["work"] / "deploy2.log").write_text(r.stderr)
+    assert r.returncode == 0, r.stderr[-6000:]
+    report = json.loads(r.stdout)
+    changed = {h: [op["name"] for op in report["results"]["operations"] if h in op["success"]] for h in HOSTS}
+    assert changed == {h: [] for h in HOSTS}, changed
