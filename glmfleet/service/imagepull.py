@@ -82,5 +82,16 @@ def start_command(image: str) -> str:
             f"setsid sh -c {q(body)} </dev/null >/dev/null 2>&1 &")
 
 
+def pull_lead(me: str, hosts: list[tuple[str, str | None, str]]) -> str | None:
+    """The host whose pull ``me`` waits for, or None (``me`` pulls at once). ``hosts``: the
+    run's active hosts in inventory order as (name, registry_mirror, image). Behind a mirror
+    the first host pulling an image through it leads; without one, nobody waits."""
+    mine = next(((m, i) for n, m, i in hosts if n == me), None)
+    if mine is None or not mine[0]:
+        return None
+    group = [n for n, m, i in hosts if (m, i) == mine]
+    return group[0] if group[0] != me else None
+
+
 def log_tail_command(lines: int = 1) -> str:
     return f"tail -n {int(lines)} {LOG} 2>/dev/null || true"

@@ -589,10 +589,9 @@ def _pull_lead(state, h, s: Settings) -> str | None:
     """The host whose pull this host's waits for; None: this host pulls at once."""
     if not s.registry_mirror:
         return None
-    group = [x.name for x in state.inventory if x in state.active_hosts
-             and (o := runctx.settings(state, x)).registry_mirror == s.registry_mirror
-             and o.image == s.image]
-    return group[0] if group and group[0] != h.name else None
+    active = [x for x in state.inventory if x in state.active_hosts]
+    return imagepull.pull_lead(h.name, [(x.name, (o := runctx.settings(state, x)).registry_mirror, o.image)
+                                        for x in active])
 
 
 class _Follow:

@@ -69,3 +69,15 @@ def test_seed_key_and_what_differs():
     assert jitseed.seed_key(None, GPU, VALUES) == (None, "the image id is unknown")
     assert "no preflight facts" in jitseed.seed_key("sha256:1", {}, VALUES)[1]
     assert jitseed.volume_name(VALUES) == "glm52_jit-cache"
+
+
+def test_behind_a_mirror_the_first_host_pulling_the_image_leads():
+    hosts = [("a", "http://m:5000", "img:1"), ("b", "http://m:5000", "img:1"),
+             ("c", "http://m:5000", "img:2"), ("d", None, "img:1"), ("e", "http://n:5000", "img:1"),
+             ("f", "http://m:5000", "img:2")]
+    assert imagepull.pull_lead("a", hosts) is None  # the lead pulls at once
+    assert imagepull.pull_lead("b", hosts) == "a"
+    assert imagepull.pull_lead("c", hosts) is None and imagepull.pull_lead("f", hosts) == "c"
+    assert imagepull.pull_lead("d", hosts) is None  # no mirror: nobody to wait for
+    assert imagepull.pull_lead("e", hosts) is None  # alone behind its mirror
+    assert imagepull.pull_lead("x", hosts) is None
