@@ -18,7 +18,7 @@ local.include("tasks/preflight.py")
 
 if not settings.preflight_only and runctx.passed_preflight(state, host):
     gateway = is_gateway(host.groups)
-    for stage in () if gateway else ("docker", "nvidia_toolkit", "weights", "service"):
+    for stage in () if gateway else ("docker", "nvidia_toolkit", "image_pull", "weights", "service"):
         local.include(f"tasks/{stage}.py")
     if gateway:
         local.include("tasks/gateway.py")

@@ -90,6 +90,15 @@ def put(h, src: bytes | str | os.PathLike, dest: str) -> bool:
         return False
 
 
+def get(h, src: str, dest: str | os.PathLike) -> bool:
+    """Fetch ``src`` from ``h`` into the local file ``dest`` over SFTP, as the run's user
+    (under sudo/su pyinfra copies it to a temp file the login user can read first)."""
+    try:
+        return bool(h.get_file(src, str(dest), print_input=h.state.print_input, **connector_args(h)))
+    except (OSError, SSHException):
+        return False
+
+
 def login_user(h) -> str:
     """The user the SSH connection logged in as (owner of what SFTP writes)."""
     client = getattr(h.connector, "client", None)

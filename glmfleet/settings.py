@@ -106,6 +106,7 @@ class Settings:
     docker_log_max_file: int
     gpu_check_image: str | None
     gpu_check_always: bool
+    registry_mirror: str | None
     # Weights
     weights_tool_dir: str
     weights_parallel_downloads: int
@@ -116,6 +117,7 @@ class Settings:
     weights_wait_timeout_s: int
 
     # Service
+    jit_cache_seed: bool
     status_harness: str | None
     # Gateway
     gateway_port: int
@@ -350,6 +352,9 @@ PARSERS = {
     "docker_log_max_file": _int(1, 100),
     "gpu_check_image": _optional(_str(r"[a-z0-9][a-z0-9._/:@-]*", "a docker image reference (repo:tag)")),
     "gpu_check_always": _bool,
+    # dockerd accepts a mirror as scheme://host[:port] (a path or credentials are refused there)
+    "registry_mirror": _optional(_str(r"https?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?",
+                                      "an http(s)://host[:port] URL of a Docker Hub mirror (no path, no credentials)")),
     "weights_tool_dir": _abs_path,
     "weights_parallel_downloads": _int(1, 64),
     "weights_rehash": _bool,
@@ -357,6 +362,7 @@ PARSERS = {
     "weights_wheel_dir": _optional(_wheel_dir),
     "weights_progress_interval_s": _int(1, 3600),
     "weights_wait_timeout_s": _int(0, 30 * 86_400),
+    "jit_cache_seed": _bool,
     "status_harness": _optional(_choice("core", "long")),
     "prometheus_targets": lambda v: "" if v in (None, "") else _str()(v),
     "gateway_port": _int(1, 65535),

@@ -73,6 +73,7 @@ apt_proxy = None  # proxy for all apt traffic on the hosts, e.g. "http://proxy:3
 docker_log_max_size = "100m"  # container log rotation (the recipe's): added to daemon.json (operator's own values win there) and set on the service container
 docker_log_max_file = 5  # container log files kept per container (the recipe's 5), in daemon.json and on the service container
 gpu_check_image = "ubuntu:24.04"  # image for the `docker run --gpus all ... nvidia-smi -L` check (pulled, said so, when missing); None = skip
+registry_mirror = None  # Docker Hub mirror or pull-through cache (e.g. the distribution registry in proxy mode), written to daemon.json's registry-mirrors (Docker uses it for Docker Hub names only); None = daemon.json's registry-mirrors left as they are
 gpu_check_always = False  # False: the GPU container check runs again only when dockerd, the toolkit or gpu_check_image changed since it last ran; True: on every deploy
 
 # --- Weights --------------------------------------------------------------------------------
@@ -85,6 +86,7 @@ weights_progress_interval_s = 30  # seconds between progress lines (bytes, rate,
 weights_wait_timeout_s = 0  # stop waiting after this many seconds (the download goes on detached; a re-run attaches); 0 = until done
 
 # --- Service --------------------------------------------------------------------------------
+jit_cache_seed = True  # rollout: after the canary's first boot, copy its kernel/JIT cache volume to hosts with the same image, GPU model, driver and flags, so they boot warm; False = each host compiles its own
 status_harness = None  # tasks/status.py: also run the coherence harness ("core" or "long") from the controller against every endpoint; None = status only
 
 # --- Gateway (hosts of the `gateway` inventory group: HAProxy in front of the fleet) ---------

@@ -50,8 +50,9 @@ def install(settings=None) -> None:
     if conflicts:
         ops.apt_remove(conflicts, name="Docker: remove conflicting packages (docker_remove_conflicts)")
 
-    ops.daemon_json(s.docker_log_max_size, s.docker_log_max_file, stage,
-                    name="Docker: merge daemon.json (log rotation)")
+    ops.daemon_json(s.docker_log_max_size, s.docker_log_max_file, stage, s.registry_mirror,
+                    name="Docker: merge daemon.json (log rotation"
+                         + (", registry_mirror)" if s.registry_mirror else ")"))
     ops.apt_install(plan.docker_packages(host_os, s), name=f"Docker: install ({s.docker_packages})")
     if facts["init"] != "systemd":
         ops.file_content(ops.INITLESS_HELPER, ops.INITLESS_SCRIPT, mode="755",

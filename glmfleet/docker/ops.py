@@ -204,7 +204,8 @@ def _daemon_config():
 
 
 @operation()
-def daemon_json(log_max_size: str, log_max_file: int, stage: str = "docker"):
+def daemon_json(log_max_size: str, log_max_file: int, stage: str = "docker",
+                registry_mirror: str | None = None):
     """Our keys merged into daemon.json, the operator's kept (files.put replaces whole files).
 
     Rewritten (atomically) only on a real change."""
@@ -212,7 +213,8 @@ def daemon_json(log_max_size: str, log_max_file: int, stage: str = "docker"):
     if error:
         yield from _fail(stage, error)
         return
-    merged = merge_daemon_config(config, log_max_size=log_max_size, log_max_file=log_max_file)
+    merged = merge_daemon_config(config, log_max_size=log_max_size, log_max_file=log_max_file,
+                                 registry_mirror=registry_mirror)
     if merged == config and text is not None:
         host.noop(f"{DAEMON_JSON} already has our settings")
         return

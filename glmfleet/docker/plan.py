@@ -329,8 +329,13 @@ def parse_daemon_json(text: str | None) -> dict:
     return value
 
 
-def merge_daemon_config(existing: Mapping[str, Any], *, log_max_size: str, log_max_file: int) -> dict:
+def merge_daemon_config(existing: Mapping[str, Any], *, log_max_size: str, log_max_file: int,
+                        registry_mirror: str | None = None) -> dict:
     """Our keys added to the operator's daemon.json; nothing of theirs is changed.
+
+    registry_mirror: put first in `registry-mirrors` (the operator's own mirrors stay after
+    it, tried in order when it fails), so every layer of a Docker Hub image comes through the
+    site's mirror; compared without a trailing slash, as dockerd normalises it.
 
     Log rotation: container logs grow without bound under the default json-file driver, and
     vLLM logs a line per request. max-size/max-file are added when missing, and only for the
@@ -344,6 +349,11 @@ def merge_daemon_config(existing: Mapping[str, Any], *, log_max_size: str, log_m
         opts.setdefault("max-file", str(log_max_file))  # dockerd wants strings here
         merged["log-opts"] = opts
         merged.setdefault("log-driver", "json-file")
+    if registry_mirror:
+        ours = registry_mirror.rstrip("/")
+        mirrors = list(merged.get("registry-mirrors") or [])
+        same = [m for m in mirrors if str(m).rstrip("/") == ours]
+        merged["registry-mirrors"] = [same[0] if same else ours, *(m for m in mirrors if m not in same)]
     return merged
 
 

@@ -20,3 +20,15 @@ def rollout(settings=None, drainer=None) -> None:
     ops.pull_image(name="Service: image on the host (pulled only when missing)")
     ops.rollout(drainer, name=f"Service: kit placed and service healthy (canary, then {batch} at a time)")
     ops.monitor(name="Service: monitor.sh supervised (systemd unit, else started when not running)")
+
+
+@deploy("service.pull_early")
+def pull_early(settings=None) -> None:
+    """The serving image starts downloading in the background as soon as Docker is up, so
+    it comes down while the weights do (glmfleet/service/imagepull.py); rollout waits for it.
+    Skipped on a host whose docker or nvidia_toolkit stage failed in this run."""
+    runctx.stage_settings(settings)
+    stages = runctx.run_for(host.state).stages.get(host.name, {})
+    if any(stages.get(stage, ("",))[0] == "FAIL" for stage in ("docker", "nvidia_toolkit")):
+        return  # no usable Docker: the service stage refuses this host with the reason
+    ops.pull_start(name="Image: pull started in the background (runs while the weights download)")

@@ -46,10 +46,11 @@ import shlex
 import time
 
 import gevent
+import gevent.lock
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 
-from glmfleet.service import apikey
+from glmfleet.service import apikey, imagepull, jitseed
 from glmfleet.service import monitor as mon
 from glmfleet import remote, runctx
 from glmfleet.service import plan as svc
@@ -103,6 +104,13 @@ class _ServiceRun:
         self.status_keys: dict[str, str] = {}  # the key each host serves with (never printed)
         self.status_metrics: dict[str, dict] = {}  # tasks/status.py: vLLM's /metrics per host
         self.status_printed = False
+        # JIT cache seeding (glmfleet.service.jitseed): the canary's key and volume once it
+        # booted, and its archive on the controller, fetched once for every seeded host.
+        self.seed_keys: dict[str, dict] = {}
+        self.seed_volumes: dict[str, str] = {}
+        self.seed_lock = gevent.lock.Semaphore()
+        self.seed_archive: tuple[str, int] | None = None  # (local path, bytes)
+        self.seed_error: str | None = None
 
 
 def service_run(state) -> _ServiceRun:
@@ -240,13 +248,16 @@ def _compose(sd: str, args: str) -> str:
     return f"bash -c {q(script)}"
 
 
-def _launch(job: Job, restart: bool) -> tuple[bool, str]:
-    """(Re)start through the kit's own launch.sh: start, wait with progress, smoke test."""
+def _launch(job: Job, restart: bool, before_start=None) -> tuple[bool, str]:
+    """(Re)start through the kit's own launch.sh: start, wait with progress, smoke test.
+    ``before_start``: called once the old container is gone, before the new one starts."""
     s = job.settings
     if restart:
         ok, out = _sh(_compose(s.service_dir, "rm -s -f"))
         if not ok:
             return False, "could not remove the old container: " + " ".join(out)[-300:]
+    if before_start:
+        before_start()
     ok, out = _sh(f"cd {q(s.service_dir)} && ./launch.sh", show=True,
                   timeout=s.ready_timeout_s + s.smoke_timeout_s + 300)
     if not ok:
@@ -357,7 +368,9 @@ def _apply_inner(job: Job, drainer=None) -> tuple[bool, str]:
     # Behind a gateway: no new requests for this host, in-flight ones finish, then restart.
     serving = plan.action == "restart" and (job.facts["container"] or {}).get("running")
     drained = drainer.drain(host.name, s.gateway_drain_timeout_s, _say) if drainer and serving else False
-    ok, why = _launch(job, restart=plan.action == "restart")
+    seeded: list[str] = []
+    ok, why = _launch(job, restart=plan.action == "restart",
+                      before_start=lambda: seeded.append(_seed_or_say_why(job)))
     if not ok:
         return False, f"health check failed: {why}"
     boot = _boot_check(job)
@@ -366,12 +379,110 @@ def _apply_inner(job: Job, drainer=None) -> tuple[bool, str]:
     ok, why = _mark_good(job, job.want)
     if not ok:
         return False, why
+    _record_seed_source(job)
     if drained:
         drainer.ready(host.name, _say)
     verb = "started" if plan.action == "start" or job.applied is None else "restarted"
     note = f" (site {svc.SITE_OVERRIDE} in use)" if job.facts["override"] else ""
+    seed = f"; {seeded[0]}" if seeded and seeded[0] else ""
     return True, (f"{verb} ({'; '.join(plan.reasons) or 'container was not running'}): READY at "
-                  f"{job.endpoint}; {boot.describe()}; thinking {'on' if s.enable_thinking else 'off'}{note}")
+                  f"{job.endpoint}; {boot.describe()}; thinking {'on' if s.enable_thinking else 'off'}"
+                  f"{seed}{note}")
+
+
+# --- JIT cache seeding (glmfleet.service.jitseed) ---------------------------------------------
+
+def _seed_key(job: Job) -> tuple[dict | None, str]:
+    s = job.settings
+    ok, out = _sh(f"docker image inspect -f '{{{{.Id}}}}' {q(s.image)}", show=False)
+    entry = runctx.run_for(host.state).preflight.get(host.name) or {}
+    return jitseed.seed_key(out[0].strip() if ok and out else None,
+                            (entry.get("facts") or {}).get("gpu"), job.want.values)
+
+
+def _record_seed_source(job: Job) -> None:
+    """The canary, once healthy: its key and volume, for the hosts after it."""
+    run = service_run(host.state)
+    batches = run.rollout.batches()
+    if not job.settings.jit_cache_seed or not batches or batches[0][0] != host.name:
+        return
+    key, _ = _seed_key(job)
+    if key:
+        run.seed_keys[host.name] = key
+        run.seed_volumes[host.name] = jitseed.volume_name(job.want.values or {})
+
+
+def _seed_archive(run: _ServiceRun, canary: str) -> tuple[str, int] | None:
+    """The canary's volume, packed there and fetched to the controller once per run."""
+    import atexit
+    import shutil
+    import tempfile
+
+    with run.seed_lock:
+        if run.seed_archive or run.seed_error:
+            return run.seed_archive
+        source = host.state.inventory.get_host(canary)
+        r = remote.sh(source, jitseed.pack_command(run.seed_volumes[canary]), show=False)
+        if not r.ok:
+            run.seed_error = f"packing {canary}'s volume failed: {r.err.strip()[-200:]}"
+            return None
+        tmp = tempfile.mkdtemp(prefix="glmfleet-jit-seed-")
+        atexit.register(shutil.rmtree, tmp, True)
+        local = f"{tmp}/jit-seed.tar.gz"
+        if not remote.get(source, jitseed.ARCHIVE, local):
+            run.seed_error = f"fetching {canary}'s archive failed"
+            return None
+        remote.sh(source, f"rm -f {jitseed.ARCHIVE}", show=False)
+        run.seed_archive = (local, int(r.out[-1]) if r.out and r.out[-1].isdigit() else 0)
+        return run.seed_archive
+
+
+def _seed_or_say_why(job: Job) -> str | None:
+    """Seeding is an optimisation: whatever goes wrong in it, the host boots (cold)."""
+    try:
+        return _seed_jit_cache(job)
+    except Exception as e:  # noqa: BLE001
+        return f"JIT cache not seeded: {type(e).__name__}: {e}"
+
+
+def _seed_jit_cache(job: Job) -> str | None:
+    """Before a later host's first boot of this rollout: the canary's caches, when its
+    compile key is this host's. Returns what happened, for the result line."""
+    s, run = job.settings, service_run(host.state)
+    batches = run.rollout.batches()
+    if not s.jit_cache_seed or not batches or batches[0][0] == host.name:
+        return None
+    canary = batches[0][0]
+    source = run.seed_keys.get(canary)
+    if source is None:
+        return f"JIT cache not seeded: the canary {canary} gave no cache key"
+    key, why = _seed_key(job)
+    if key is None:
+        return f"JIT cache not seeded from {canary}: {why}"
+    diff = jitseed.difference(source, key)
+    if diff:
+        return f"JIT cache not seeded from {canary}: {diff} differ"
+    digest = jitseed.digest(key)
+    ok, out = _sh(jitseed.stamp_command(s.service_dir), show=False)
+    if ok and out and out[0].strip() == digest:
+        return None  # seeded before with this key: its volume has it
+    archive = _seed_archive(run, canary)
+    if archive is None:
+        return f"JIT cache not seeded from {canary}: {run.seed_error}"
+    volume = jitseed.volume_name(job.want.values or {})
+    ok, out = _sh(_compose(s.service_dir, "up --no-start"))  # compose makes the volume, labelled
+    if ok:
+        ok = remote.put(host, archive[0], jitseed.ARCHIVE)
+        out = ["upload failed"]
+    if ok:
+        ok, out = _sh(jitseed.unpack_command(volume, s.service_dir, digest))
+    if not ok:
+        return f"JIT cache not seeded from {canary}: {' '.join(out)[-200:]}"
+    size = f"{archive[1] / 2**20:.1f} MiB" if archive[1] >= 2**20 else f"{archive[1] / 1024:.1f} KiB"
+    note = (f"JIT cache seeded from {canary} ({size} through the controller; "
+            "same image, GPU, driver and flags)")
+    _say(note)
+    return note
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -431,6 +542,105 @@ def check():
     host.noop("Docker, compose and verified weights in place")
 
 
+class ImagePullState(FactBase):
+    """The image id (if present) and the background pull's state (glmfleet.service.imagepull)."""
+
+    def command(self, image: str) -> str:
+        return imagepull.state_command(image)
+
+    @staticmethod
+    def default():
+        return imagepull.parse_state([])
+
+    def process(self, output):
+        return imagepull.parse_state(output)
+
+
+@operation()
+def pull_start():
+    """Start the image pull in the background as soon as Docker is up (tasks/image_pull.py),
+    so it runs while the weights download; the service stage's pull_image waits for it."""
+    s = runctx.settings()
+    due, why = imagepull.background_due(host.get_fact(ImagePullState, image=s.image), s.image)
+    if not due:
+        host.noop(why)
+        return
+    lead = _pull_lead(host.state, host, s)
+    if lead is None:
+        if host.state.is_executing:
+            runctx.echo(f"[{host.name}] pulling {s.image} in the background (log: {imagepull.LOG})")
+        yield StringCommand(imagepull.start_command(s.image))
+        return
+    if not host.state.is_executing:
+        yield StringCommand(f"# after {lead}'s pull through {s.registry_mirror}: "
+                            + imagepull.start_command(s.image))
+        return
+    runctx.echo(f"[{host.name}] pulling {s.image} in the background once {lead} has it in the "
+                f"mirror {s.registry_mirror} (each layer from upstream once)")
+    yield FunctionCommand(_follow, (lead, s.image), {})
+
+
+# Behind a pull-through cache, the first pull of a layer goes upstream; so do pulls of it that
+# start before the cache stored it (distribution 2.8 fetches once for its storage plus once per
+# client then). So among the hosts pulling one image through one mirror, the first in inventory
+# order (the lead) pulls first, and the others start once it is done: each layer then comes
+# from upstream for the lead only, and to the others from the site's cache.
+
+def _pull_lead(state, h, s: Settings) -> str | None:
+    """The host whose pull this host's waits for; None: this host pulls at once."""
+    if not s.registry_mirror:
+        return None
+    active = [x for x in state.inventory if x in state.active_hosts]
+    return imagepull.pull_lead(h.name, [(x.name, (o := runctx.settings(state, x)).registry_mirror, o.image)
+                                        for x in active])
+
+
+class _Follow:
+    """One controller greenlet per lead: waits for its pull, then starts the followers'."""
+
+    def __init__(self, state, lead: str, image: str):
+        self.state, self.lead, self.image = state, lead, image
+        self.followers: list[str] = []
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        lead = self.state.inventory.get_host(self.lead)
+        misses = 0
+        while misses < 5:
+            if lead in self.state.failed_hosts:
+                break
+            r = remote.sh(lead, imagepull.state_command(self.image), show=False)
+            misses = 0 if r.ok else misses + 1
+            st = imagepull.parse_state(r.out if r.ok else [])
+            if st["image_id"] or (st["bg_image"] == self.image and not st["bg_running"]):
+                break
+            gevent.sleep(2)
+        gevent.sleep(0)  # followers that joined while the last poll ran are in the list now
+        for h in map(self.state.inventory.get_host, self.followers):
+            r = remote.sh(h, imagepull.state_command(self.image), show=False)
+            if r.ok and imagepull.background_due(imagepull.parse_state(r.out), self.image)[0]:
+                remote.sh(h, imagepull.start_command(self.image), show=False)
+                runctx.echo(f"[{h.name}] {self.lead}'s pull is done: pulling {self.image} in the "
+                            f"background (log: {imagepull.LOG})")
+
+
+def _follow(state, host, lead: str, image: str) -> bool:
+    """Register this host with its lead's greenlet (started by the first follower)."""
+    follows = runctx.per_run(state, "image_follow", lambda _: {})
+    if (lead, image) not in follows or follows[(lead, image)].greenlet.dead:
+        follows[(lead, image)] = _Follow(state, lead, image)
+    follows[(lead, image)].followers.append(host.name)
+    return True
+
+
+def _wait_for_lead(state, image: str) -> None:
+    """A follower, in the service stage: wait until its background pull has been started."""
+    for (lead, img), follow in runctx.per_run(state, "image_follow", lambda _: {}).items():
+        if img == image and host.name in follow.followers and not follow.greenlet.dead:
+            _say(f"waiting for {lead}'s pull of {image} through the mirror")
+            follow.greenlet.join()
+
+
 @operation()
 def pull_image():
     """`docker pull` with progress, only when the image is missing (docker.image: no progress).
@@ -447,7 +657,34 @@ def pull_image():
     yield FunctionCommand(_pull, (s.image,), {})
 
 
+def _wait_for_background_pull(image: str) -> bool:
+    """Wait for the background pull of ``image`` when one runs; True when it left the image
+    on the host."""
+    last_note = 0.0
+    while True:
+        ok, lines = _sh(imagepull.state_command(image), show=False)
+        st = imagepull.parse_state(lines if ok else [])
+        if st["image_id"] or st["bg_image"] != image or not st["bg_running"]:
+            break
+        if time.monotonic() - last_note >= WAIT_NOTE_EVERY_S:
+            last_note = time.monotonic()
+            _, tail = _sh(imagepull.log_tail_command(), show=False)
+            _say(f"waiting for the background pull of {image}: {' '.join(tail)[-160:]}")
+        gevent.sleep(2)
+    if st["image_id"]:
+        _, tail = _sh(imagepull.log_tail_command(), show=False)
+        _say(f"image {image} pulled in the background ({' '.join(tail)[-120:]}; log: {imagepull.LOG})")
+        return True
+    if st["bg_image"] == image:
+        _say(f"the background pull of {image} ended with exit {st['bg_rc']} (log: {imagepull.LOG}); "
+             "pulling in the foreground")
+    return False
+
+
 def _pull(state, host, image: str) -> bool:  # noqa: ARG001
+    _wait_for_lead(state, image)
+    if _wait_for_background_pull(image):
+        return True
     _say(f"pulling {image} (progress below) ...")
     ok, out = _sh(f"docker pull {q(image)}", show=True, timeout=6 * 3600)
     if not ok:

@@ -88,6 +88,7 @@ class Kit:
             "COMPOSE_CMD": f"{sys.executable} {FAKE_COMPOSE}",
             "LOG_CMD": "exec tail -n +1 -F .fake-compose/container.log 2>/dev/null",
             "FAKE_VLLM_STATS_INTERVAL": "0.3", "FAKE_VLLM_TOKEN_DELAY": "0.0005",
+            "FAKE_VLLM_COMPILE_S": "0.2", "FAKE_VLLM_AUTOTUNE_S": "0.05",
             "FAKE_VLLM_RECORD": str(self.record_path),
         }
         env.update(extra)

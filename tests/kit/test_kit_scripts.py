@@ -362,3 +362,48 @@ def test_test_seams_are_inert_without_the_test_flag_file(make_kit):
     (kit.dir / ".glmfleet-test-seams").unlink()
     inert = kit.run("bash", "-c", f"set -a; . ./.env; set +a; {probe}", env=env).stdout
     assert inert.startswith("[][]") and "evil-python" not in inert
+
+
+def test_fake_vllm_compiles_cold_and_boots_warm_from_the_cache_content(tmp_path):
+    """The double's compile model: a boot with no cache entry for its key compiles and keeps
+    it on the volume; the next boot with the same flags loads it; other flags, or a cache
+    copied to another volume, behave as the key says; no volume keeps nothing."""
+    locations = ("VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE", "CUTE_DSL_CACHE_DIR")
+
+    def boot(volume, *flags, **env):
+        port = free_port()
+        cache = {v: str(volume / v.lower()) for v in locations}
+        proc = subprocess.Popen([sys.executable, "-m", "testbed.doubles.serving", "serve", "/model",
+                                 "--host", "127.0.0.1", "--port", str(port), "--tensor-parallel-size", "4",
+                                 "--api-key", "k1", "k2", *flags],
+                                cwd=REPO, env={**os.environ, **cache, "FAKE_VLLM_COMPILE_S": "0.2", **env},
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            wait_for("boot", lambda: http_get(f"http://127.0.0.1:{port}/health") in (200, 401))
+        finally:
+            proc.terminate()
+        return proc.communicate(timeout=10)[0]
+
+    vol = tmp_path / "jit"
+    vol.mkdir()
+    first = boot(vol)
+    assert "compile cache: miss for VLLM_CACHE_ROOT, TRITON_CACHE_DIR" in first
+    assert "compile cache: wrote" in first
+    warm = boot(vol)
+    assert "compile cache: hit" in warm and "compile cache: miss" not in warm
+    assert "FlashInfer autotune at 4 ranks" in warm  # never cached at several ranks
+    # where it listens and who may call it are not part of the key ...
+    assert "compile cache: hit" in boot(vol, "--served-model-name", "x", "y")
+    # ... the compile-relevant flags and the GPU model are
+    assert "compile cache: miss" in boot(vol, "--max-num-seqs", "4")
+    assert "compile cache: miss" in boot(vol, FAKE_VLLM_GPU_NAME="NVIDIA H100")
+    # the cache's content decides, wherever it came from: a copy boots warm
+    seeded = tmp_path / "seeded"
+    shutil.copytree(vol, seeded)
+    assert "compile cache: hit" in boot(seeded)
+    key = first.split("(key ")[1][:16]
+    (seeded / "triton_cache_dir" / f"fake-vllm-compiled-{key}.json").write_text('{"key": "damaged"}')
+    assert "compile cache: miss for TRITON_CACHE_DIR (" in boot(seeded)
+    # no volume mounted (the parent is missing): nothing is kept, every boot compiles
+    gone = tmp_path / "not-mounted" / "jit"
+    assert "compile cache: wrote" not in boot(gone) and "compile cache: miss" in boot(gone)

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,13 +51,14 @@ def _openssl(*args, cwd: Path) -> None:
 
 
 class Registry:
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(self, workdir: str | os.PathLike, access_log: bool = False):
         if not shutil.which(REGISTRY):
             raise RegistryError(f"{REGISTRY} is not installed: run testbed/setup.sh as root")
         self.dir = Path(workdir)
         self.storage = self.dir / "storage"
         self.storage.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, tuple[subprocess.Popen, int | None]] = {}
+        self.access_log = access_log  # one line per request in registry-<ip>.log (counting fetches)
         self.ca = self.dir / "ca.crt"
         _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                  "-nodes", "-days", "2", "-subj", "/CN=glmfleet testbed registry CA (TEST ONLY)",
@@ -82,7 +84,7 @@ class Registry:
         crt, key = self._leaf(ip)
         config = self.dir / f"config-{ip}.yml"
         config.write_text(json.dumps({  # YAML is a superset of JSON
-            "version": 0.1, "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "version": 0.1, "log": {"level": "warn", "accesslog": {"disabled": not self.access_log}},
             "storage": {"filesystem": {"rootdirectory": str(self.storage)}},
             "http": {"addr": addr, "tls": {"certificate": str(crt), "key": str(key)}}}))
         log = open(self.dir / f"registry-{ip}.log", "ab")
@@ -150,6 +152,43 @@ class Registry:
                       {"Content-Type": MANIFEST_TYPE}).close()
         return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
+    def mirror_in(self, host, upstream: str, port: int = 5000) -> str:
+        """Run the distribution registry as a pull-through cache (proxy mode) inside ``host``'s
+        network namespace, on its site address, in front of ``upstream`` ("ip:port" of this
+        registry or of an Uplink to it; TLS from the test CA). This is what a site runs as its
+        Docker Hub mirror; returns its URL for registry_mirror (plain HTTP on the site network).
+        Its access log is mirror-<host>.log."""
+        name = f"mirror-{host.name}"
+        config = self.dir / f"{name}.yml"
+        config.write_text(json.dumps({
+            "version": 0.1, "log": {"level": "info", "accesslog": {"disabled": False}},
+            "storage": {"filesystem": {"rootdirectory": str(self.dir / f"{name}-storage")}},
+            "http": {"addr": f"{host.site_address}:{port}"},
+            "proxy": {"remoteurl": f"https://{upstream}"}}))
+        log_path = self.dir / f"{name}.log"
+        log = open(log_path, "ab")
+        p = subprocess.Popen(["ip", "netns", "exec", host.netns, REGISTRY, "serve", str(config)],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True, env={**os.environ, "SSL_CERT_FILE": str(self.ca)})
+        log.close()
+        self.procs[f"{host.site_address}:{port}"] = (p, start_time(p.pid))
+        deadline = time.monotonic() + 20
+        while "listening on" not in log_path.read_text():
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RegistryError(f"the mirror in {host.name} did not start: {log_path.read_text()[-1000:]}")
+            time.sleep(0.05)
+        return f"http://{host.site_address}:{port}"
+
+    def blob_fetches(self, ip: str) -> dict[str, int]:
+        """Blob digest -> how many times the process on ``ip`` served it (needs access_log)."""
+        counts: dict[str, int] = {}
+        log = self.dir / f"registry-{ip}.log"
+        for line in log.read_text().splitlines() if log.exists() else []:
+            m = re.search(r'"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64}) HTTP/[0-9.]+" 200 ', line)
+            if m:
+                counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+        return counts
+
     def stop(self) -> None:
         for addr, (p, started) in list(self.procs.items()):
             if alive(p.pid, started):
@@ -158,3 +197,60 @@ class Registry:
                     os.kill(p.pid, signal.SIGKILL)
                     wait_gone(p.pid, started, 5, p)
             del self.procs[addr]
+
+
+class Uplink:
+    """A TCP relay that limits each connection to ``bytes_per_s`` downstream: the site's link
+    to Docker Hub, in front of a registry standing in for it (bytes pass through untouched, TLS
+    included, so the registry's certificate still matches ``ip``)."""
+
+    def __init__(self, ip: str, target: str, bytes_per_s: int):
+        import threading
+
+        self.target = target.rsplit(":", 1)
+        self.rate = bytes_per_s
+        self.sock = socket.create_server((ip, 0))
+        self.addr = f"{ip}:{self.sock.getsockname()[1]}"
+        self.stopping = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.stopping.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection((self.target[0], int(self.target[1])), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            threading.Thread(target=self._pipe, args=(client, server, 0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, self.rate), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, rate: int) -> None:
+        chunk = max(1024, rate // 20) if rate else 65536
+        try:
+            while not self.stopping.is_set():
+                data = src.recv(chunk)
+                if not data:
+                    break
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.sock.close()

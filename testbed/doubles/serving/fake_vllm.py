@@ -14,6 +14,19 @@ vLLM as far as the kit and the deploy can observe:
   - GET /metrics: Prometheus text with real vLLM's names and types (metrics_text);
   - while requests run, "Avg prompt throughput: X tokens/s, Avg generation throughput: Y
     tokens/s" lines every FAKE_VLLM_STATS_INTERVAL seconds.
+  - the first-boot compile, honestly modelled (the slow part of a real first start): a boot
+    computes a compile key from what a real compile depends on (the compile-relevant flags,
+    CUTE_DSL_ARCH, the GPU model FAKE_VLLM_GPU_NAME and this double's own source, standing for
+    the image's build), then looks in each cache location the environment names
+    (VLLM_CACHE_ROOT, TRITON_CACHE_DIR, FLASHINFER_WORKSPACE_BASE, CUTE_DSL_CACHE_DIR) for an
+    entry of that key (a file named after it that holds it). Each location without one is "compiled" (its share of
+    FAKE_VLLM_COMPILE_S) and its entry written; a boot finding every entry loads them and
+    skips the compile: a cold boot is slower than a warm one because of the cache's content,
+    not a timer or a flag. A location whose parent directory is missing (no volume mounted)
+    keeps nothing. As with 2026 vLLM at several GPU ranks, FlashInfer's autotune results are
+    not kept: every boot at tensor parallelism > 1 spends FAKE_VLLM_AUTOTUNE_S on them, warm
+    or cold. The boot log says "compile cache: miss ..." or "compile cache: hit ..." with the
+    key, and FAKE_VLLM_RECORD gets a "compile" event;
 Answers come from fake_answers.py (READY on request, needle recall, small arithmetic, ...).
 Chat-template variables are merged as vLLM merges them: --default-chat-template-kwargs under
 the request's chat_template_kwargs; the checkpoint's template defaults (enable_thinking true,
@@ -31,6 +44,9 @@ Fault switches (environment):
   FAKE_VLLM_STATS_INTERVAL=S  seconds between throughput lines (default 2; vLLM's is 10)
   FAKE_VLLM_TOKEN_DELAY=S     pause between streamed tokens (default 0.002)
   FAKE_VLLM_PREFILL_TPS=N     simulated prefill speed, tokens/s (default 200000)
+  FAKE_VLLM_COMPILE_S=S       a cold boot's whole compile, shared by the cache locations (default 2)
+  FAKE_VLLM_AUTOTUNE_S=S      autotune spent on every boot at TP > 1, never cached (default 0.5)
+  FAKE_VLLM_GPU_NAME=NAME     the GPU model in the compile key (default: RTX PRO 6000 Blackwell)
 Observation (for tests):
   FAKE_VLLM_RECORD=PATH       append one JSON line per event: at boot its argv and environment
                               (the API key masked), per chat request the sampling parameters
@@ -452,6 +468,70 @@ def boot_log(cfg: argparse.Namespace) -> None:
         time.sleep(min(1.0, max(end - time.monotonic(), 0)))
 
 
+# --- the compile and its caches -----------------------------------------------------------------
+
+# What a real compile does not depend on: where it listens, who may call it, API-level parsing.
+NOT_IN_COMPILE_KEY = {"--host", "--port", "--api-key", "--served-model-name", "--chat-template",
+                      "--default-chat-template-kwargs", "--reasoning-parser", "--tool-call-parser",
+                      "--enable-auto-tool-choice"}
+CACHE_LOCATIONS = ("VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE", "CUTE_DSL_CACHE_DIR")
+ENTRY = "fake-vllm-compiled-{key}.json"  # one per key and location, holding {"key": key}
+
+
+def compile_key(cfg: argparse.Namespace) -> str:
+    import hashlib
+
+    kept, skipping = [], False
+    for arg in cfg.raw_argv[2:]:  # past "serve <model>": where the weights sit is not in it
+        if arg.startswith("-"):
+            skipping = arg.split("=", 1)[0] in NOT_IN_COMPILE_KEY
+        if not skipping:  # a left-out flag goes with its value(s)
+            kept.append(arg)
+    parts = {"flags": kept, "arch": os.environ.get("CUTE_DSL_ARCH", ""),
+             "gpu": os.environ.get("FAKE_VLLM_GPU_NAME", "NVIDIA RTX PRO 6000 Blackwell"),
+             "build": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def compile_with_cache(cfg: argparse.Namespace) -> dict:
+    """Load what the cache locations hold for this boot's key, compile (sleep) the rest."""
+    key = compile_key(cfg)
+    hit, miss = [], []
+    for var in CACHE_LOCATIONS:
+        d = os.environ.get(var)
+        try:
+            found = d and json.loads((Path(d) / ENTRY.format(key=key)).read_text()).get("key") == key
+        except (OSError, ValueError, AttributeError):
+            found = False
+        (hit if found else miss).append(var)
+    total = float(os.environ.get("FAKE_VLLM_COMPILE_S", "2"))
+    if miss:
+        log("INFO", f"compile cache: miss for {', '.join(miss)} (key {key}): compiling kernels "
+                    f"and capturing CUDA graphs (fake, {total * len(miss) / len(CACHE_LOCATIONS):.1f}s)")
+        time.sleep(total * len(miss) / len(CACHE_LOCATIONS))
+    else:
+        log("INFO", f"compile cache: hit (key {key}): loaded compiled kernels from {', '.join(hit)}")
+    kept = []
+    for var in miss:
+        d = os.environ.get(var)
+        if not d or not Path(d).parent.is_dir():  # no volume there: nothing survives this boot
+            continue
+        Path(d).mkdir(exist_ok=True)
+        (Path(d) / ENTRY.format(key=key)).write_text(json.dumps({"key": key}) + "\n")
+        kept.append(var)
+    if kept:
+        log("INFO", f"compile cache: wrote {', '.join(kept)} (key {key})")
+    tp = cfg.tensor_parallel_size or 1
+    if tp > 1:
+        tune = float(os.environ.get("FAKE_VLLM_AUTOTUNE_S", "0.5"))
+        log("INFO", f"FlashInfer autotune at {tp} ranks (fake, {tune:.1f}s): results are not "
+                    "persisted with more than one rank")
+        time.sleep(tune)
+    result = {"key": key, "hit": hit, "miss": miss, "kept": kept}
+    record("compile", **result)
+    return result
+
+
 def serve(cfg: argparse.Namespace) -> int:
     host = cfg.host or "0.0.0.0"
     server_cls = type("Server", (ThreadingHTTPServer,), {
@@ -491,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                      "container with `/bin/bash -lc`, as the recipe does")
         return 1
     boot_log(cfg)
+    compile_with_cache(cfg)
     return serve(cfg)
 
 

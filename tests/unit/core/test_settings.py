@@ -193,3 +193,15 @@ def test_operation_arguments_never_show_the_api_key(data):
     for command in (FunctionCommand(service_ops._apply, (job,), {}),
                     FunctionCommand(weights_ops._download, (s, {"files": []}, False), {})):
         assert key not in repr(command) and key not in str(command)
+
+
+@pytest.mark.parametrize("value", ["http://10.214.0.10:5000", "https://mirror.example/", "http://[fd00::1]:5000"])
+def test_registry_mirror_accepts_what_dockerd_accepts(data, value):
+    assert validate("h", dict(data, registry_mirror=value)).registry_mirror == value
+
+
+@pytest.mark.parametrize("value", ["mirror.example:5000", "http://mirror.example/v2/", "https://u:p@mirror",
+                                   'http://x";', "http://m:5000?x=1"])
+def test_registry_mirror_refuses_paths_credentials_and_quotes(data, value):
+    (msg,) = problems(dict(data, registry_mirror=value))
+    assert "setting 'registry_mirror'" in msg and "http(s)://host[:port]" in msg

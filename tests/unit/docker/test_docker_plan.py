@@ -366,6 +366,22 @@ def test_merge_leaves_drivers_without_rotation_options_alone():
         "log-opts"] == {"max-size": "100m", "max-file": "3"}
 
 
+def test_registry_mirror_goes_first_and_keeps_the_operators_mirrors():
+    base = {"log-driver": "json-file", "log-opts": {"max-size": "100m", "max-file": "3"}}
+    merged = plan.merge_daemon_config({**base, "registry-mirrors": ["https://theirs.example"]},
+                                      log_max_size="100m", log_max_file=3,
+                                      registry_mirror="http://10.0.0.5:5000/")
+    assert merged["registry-mirrors"] == ["http://10.0.0.5:5000", "https://theirs.example"]
+    # idempotent, also when dockerd's own normalised form (trailing slash) is already there
+    again = {**merged, "registry-mirrors": ["http://10.0.0.5:5000/", "https://theirs.example"]}
+    assert plan.merge_daemon_config(again, log_max_size="100m", log_max_file=3,
+                                    registry_mirror="http://10.0.0.5:5000") == again
+    # no setting: the operator's list is left exactly as it is
+    assert plan.merge_daemon_config({**base, "registry-mirrors": ["https://theirs.example"]},
+                                    log_max_size="100m", log_max_file=3)["registry-mirrors"] == \
+        ["https://theirs.example"]
+
+
 @pytest.mark.parametrize("text,expected", [(None, {}), ("", {}), ("  \n", {}), ('{"a": 1}', {"a": 1})])
 def test_parse_daemon_json(text, expected):
     assert plan.parse_daemon_json(text) == expected

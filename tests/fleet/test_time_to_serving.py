@@ -1,0 +1,176 @@
+"""Three bare hosts to serving with the image from "Docker Hub" through the site's mirror.
+
+Docker Hub is stood in for by a registry (Debian's docker-registry, TLS from a test CA) behind
+a throttled link (the site's uplink, Uplink); the site's mirror is the distribution registry
+in proxy mode on one host of the site network (what an operator runs as their pull-through
+cache), and the deploy gets it as registry_mirror. The image is named as on Docker Hub
+("glmfleet/serving:1"), which is the only kind of name Docker sends to a mirror.
+
+What the hosts' own logs show (timestamps and lines, never elapsed-time assertions):
+  - the first host's image pull started before its weights download and was still running
+    when it began (/var/log/glmfleet/image-pull.log against <weights_dir>/.glmfleet/weights.log);
+    the other hosts' pulls started once the first had every layer in the mirror;
+  - only the canary compiled (the serving double's "compile cache: miss"); the hosts after it
+    booted from the canary's seeded JIT cache ("compile cache: hit");
+  - the layers came through the mirror (the hosts cannot reach the upstream), and the upstream
+    served them for one pull only, not one per host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from glmfleet.settings import load_defaults
+from testbed.doubles import nvml
+from testbed.doubles.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, HubDouble, make_checkpoint
+from testbed.doubles.registry import Registry, Uplink
+from testbed.doubles.serving import image as serving_image
+
+REPO = Path(__file__).resolve().parents[2]
+HOSTS = ("tts-a", "tts-b", "tts-c")  # inventory order: tts-a is the canary
+MIRROR_HOST = "tts-c"
+IMAGE = "glmfleet/serving:1"  # a Docker Hub name: docker.io/glmfleet/serving:1
+WEIGHTS_DIR = "/srv/glm/weights"
+DAEMON_JSON = {"storage-driver": "vfs", "iptables": False, "bridge": "none"}
+STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)"
+
+
+def _when(text: str, pattern: str) -> datetime:
+    m = re.search(STAMP + r"[^\n]*" + pattern, text)
+    assert m, (pattern, text[-2000:])
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+
+
+@pytest.fixture(scope="module")
+def site(fleet, pyinfra_cli, tmp_path_factory):
+    from testbed.doubles.aptrepo import AptRepoDouble
+
+    work = tmp_path_factory.mktemp("time-to-serving")
+    defaults = load_defaults()
+    checkpoint = work / "hub"
+    make_checkpoint(checkpoint, shards=3, shard_bytes=2 * 2**20)
+    repo, upstream, hubs, uplink = AptRepoDouble(), Registry(work / "upstream", access_log=True), [], None
+    try:
+        override = serving_image.site_override(defaults["service_name"])
+        for name in HOSTS:
+            files = nvml.host_files("rtx6000x4")
+            files["/etc/docker/daemon.json"] = json.dumps(DAEMON_JSON)
+            files["/usr/local/bin/nvidia-container-runtime-hook"] = (serving_image.HOOK_STANDIN, 0o755)
+            if override:
+                files[f"{defaults['service_dir']}/docker-compose.override.yml"] = override
+            fleet.add_host(name, suite="bookworm", files=files, shm_size="32g", site=True)
+        fleet.start(*HOSTS, timeout=90)
+        m = fleet[MIRROR_HOST]
+        hub_addr = upstream.listen_on(m.gateway)
+        digest = upstream.push(hub_addr, "glmfleet/serving", "1", serving_image.tarball())
+        uplink = Uplink(m.gateway, hub_addr, 4 * 2**20)  # the site's link to "Docker Hub"
+        mirror = upstream.mirror_in(m, uplink.addr)
+        data = {}
+        for name in HOSTS:
+            h = fleet[name]
+            hubs.append(HubDouble(checkpoint, repo_id=DEFAULT_REPO_ID, revision=DEFAULT_REVISION,
+                                  host=h.gateway, port=0).start())
+            hubs[-1].set_faults(slow_bytes_per_s=250_000)  # ~8 s per shard: a download to overlap
+            data[name] = {**repo.settings(h.gateway), "docker_packages": "distro", "image": IMAGE,
+                          "registry_mirror": mirror, "model_revision": DEFAULT_REVISION, "api_key": "open",
+                          "hf_endpoint": hubs[-1].url, "weights_dir": WEIGHTS_DIR,
+                          "rollout_batch_size": 2, "preflight_report": str(work / "preflight.json"),
+                          "prometheus_targets": str(work / "prometheus-targets.json")}
+        inventory = fleet.write_inventory(work / "inventory.py", hosts=list(HOSTS), host_data=data)
+        r = subprocess.run([pyinfra_cli, "-y", str(inventory), "deploy.py"], cwd=REPO,
+                           capture_output=True, text=True, timeout=1500)
+        (work / "deploy.log").write_text(r.stdout + r.stderr)
+        yield {"rc": r.returncode, "log": r.stdout + r.stderr, "upstream": upstream, "manifest": digest,
+               "mirror_host": m, "work": work}
+    finally:
+        for hub in hubs:
+            hub.stop()
+        if uplink:
+            uplink.stop()
+        upstream.stop()
+        repo.stop()
+        for name in HOSTS:
+            if name in fleet.hosts:
+                fleet.remove(name)
+
+
+def test_bare_hosts_serve_with_the_image_from_the_mirror(fleet, site):
+    assert site["rc"] == 0, site["log"][-8000:]
+    for name in HOSTS:
+        assert f"[{name}] service: PASS" in site["log"], site["log"][-6000:]
+        daemon = json.loads((fleet[name].root / "etc/docker/daemon.json").read_text())
+        assert daemon["registry-mirrors"][0].startswith("http://")
+        assert daemon["storage-driver"] == "vfs"  # the operator's own keys kept
+        # the hosts cannot reach the upstream registry: every layer came through the mirror
+        info = fleet[name].exec("docker info -f '{{json .RegistryConfig.Mirrors}}'").stdout
+        assert daemon["registry-mirrors"][0].rstrip("/") in info
+    m = site["mirror_host"]
+    fetches = site["upstream"].blob_fetches(m.gateway)
+    served = site["upstream"].dir / f"mirror-{m.name}.log"
+    hosts_served = {ln.split()[0] for ln in served.read_text().splitlines()
+                    if re.search(r'"GET /v2/glmfleet/serving/blobs/', ln)}
+    print(f"upstream blob fetches {fetches}; mirror served blobs to {sorted(hosts_served)}")
+    assert len(fetches) == 2  # the serving double's config blob and its one layer
+    assert len(hosts_served) == len(HOSTS)  # each host got its layers from the mirror
+    # Upstream traffic does not grow with the fleet: only the lead's pull reached it. One pull
+    # through distribution 2.8's proxy fetches a blob twice (once to store it, once to serve
+    # that client), so that is the count for the whole fleet: not one per host.
+    assert all(n <= 2 for n in fetches.values()), fetches
+
+
+def _times(h) -> dict[str, datetime]:
+    pull = (h.root / "var/log/glmfleet/image-pull.log").read_text()
+    weights = (h.root / WEIGHTS_DIR.lstrip("/") / ".glmfleet/weights.log").read_text()
+    return {"pull_start": _when(pull, "pull started"), "pull_end": _when(pull, "pull finished: exit 0"),
+            "dl_start": _when(weights, r"download of .* started"),
+            "dl_end": _when(weights, "download finished with exit code 0")}
+
+
+def test_the_pull_ran_while_the_weights_downloaded(fleet, site):
+    """The first host (the lead through the mirror) pulled while its weights downloaded; the
+    others started their pulls when the lead's was done, so the mirror had every layer."""
+    assert site["rc"] == 0, site["log"][-8000:]
+    times = {name: _times(fleet[name]) for name in HOSTS}
+    for name, t in times.items():
+        print(f"{name}: pull {t['pull_start']:%T}-{t['pull_end']:%T}, "
+              f"weights {t['dl_start']:%T}-{t['dl_end']:%T}")
+    lead, *followers = HOSTS
+    t = times[lead]
+    assert t["pull_start"] <= t["dl_start"] < t["pull_end"], (lead, t)  # running when the download began
+    assert f"[{lead}] pulling {IMAGE} in the background (log:" in site["log"]
+    for name in followers:
+        assert times[name]["pull_start"] >= t["pull_end"], (name, times[name], t)
+        assert f"[{name}] {lead}'s pull is done: pulling {IMAGE} in the background" in site["log"]
+
+
+def test_only_the_canary_compiled(fleet, site):
+    assert site["rc"] == 0, site["log"][-8000:]
+    name = load_defaults()["service_name"]
+    boots = {h: fleet[h].exec(f"docker logs {name} 2>&1").stdout for h in HOSTS}
+    canary, *later = HOSTS
+    assert "compile cache: miss" in boots[canary] and "compile cache: wrote" in boots[canary]
+    for h in later:
+        assert "compile cache: hit" in boots[h] and "compile cache: miss" not in boots[h], boots[h][-3000:]
+        assert f"[{h}] service: PASS" in site["log"]
+        line = next(ln for ln in site["log"].splitlines() if ln.startswith(f"[{h}] service: PASS"))
+        assert f"JIT cache seeded from {canary}" in line, line
+    # seeding saves the compile, not the tuning that is never cached at several ranks
+    assert all("FlashInfer autotune at 4 ranks" in b for b in boots.values())
+
+
+def test_a_second_run_changes_nothing(site, pyinfra_cli):
+    """Image present, caches seeded, nothing restarted: no operation changes anything."""
+    assert site["rc"] == 0, site["log"][-8000:]
+    r = subprocess.run([pyinfra_cli, "-y", "--json", str(site["work"] / "inventory.py"), "deploy.py"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    (site["work"] / "deploy2.log").write_text(r.stderr)
+    assert r.returncode == 0, r.stderr[-6000:]
+    report = json.loads(r.stdout)
+    changed = {h: [op["name"] for op in report["results"]["operations"] if h in op["success"]] for h in HOSTS}
+    assert changed == {h: [] for h in HOSTS}, changed
