@@ -379,7 +379,7 @@ def test_fake_vllm_compiles_cold_and_boots_warm_from_the_cache_content(tmp_path)
                                 cwd=REPO, env={**os.environ, **cache, "FAKE_VLLM_COMPILE_S": "0.2", **env},
                                 stdout=subprocess.PIPE, text=True)
         try:
-            wait_for("boot", lambda: http_get(f"http://127.0.0.1:{port}/health") in (200, 401))
+            wait_for("boot", lambda: http_get(f"http://127.0.0.1:{port}/health") in (200, 401), timeout=120)  # a bound, not a timing check: the machine may be loaded
         finally:
             proc.terminate()
         return proc.communicate(timeout=10)[0]
