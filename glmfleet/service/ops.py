@@ -558,8 +558,10 @@ class ImagePullState(FactBase):
 
 @operation()
 def pull_start():
-    """Start the image pull in the background as soon as Docker is up (tasks/image_pull.py),
-    so it runs while the weights download; the service stage's pull_image waits for it."""
+    """Detached image pull (pyinfra's docker.image pulls in the foreground, blocking the stage).
+
+    Started as soon as Docker is up (tasks/image_pull.py), so it runs while the weights
+    download; the service stage's pull_image waits for it."""
     s = runctx.settings()
     due, why = imagepull.background_due(host.get_fact(ImagePullState, image=s.image), s.image)
     if not due:
