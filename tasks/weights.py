@@ -14,7 +14,9 @@ On the host:
 
 A re-run on intact weights is a stat per file and no change; a running download is attached
 to; a killed one resumes with the files it had finished. weights_fanout: one host per
-checkpoint fetches from the Hub, the others get copies over SSH and hash every file.
+checkpoint fetches from the Hub, the others fetch from the hosts that hold verified copies
+(weights_fanout_via="peers": host to host with aria2, the controller carries no weight
+bytes; "controller": relayed over SSH) and hash every file.
 """
 
 from pyinfra import host, state
@@ -35,8 +37,15 @@ def run() -> None:
         return
     ops.tool_and_manifest(s, manifest, name="Weights: weights.pyz and the manifest")
     ops.check_and_packages(s, manifest, name="Weights: stat-only check (+ Python packages if needed)")
+    peers = s.weights_fanout and s.weights_fanout_via == "peers"
+    if peers:
+        ops.peer_tools(s, manifest, name="Weights: fan-out: aria2 on the hosts that fetch")
     ops.fetch(s, manifest, name="Weights: download and verify (detached on the host)")
-    if s.weights_fanout:
+    if peers:
+        ops.peers_serve(s, manifest, name="Weights: fan-out: verified hosts serve the others")
+        ops.peers_receive(s, manifest, name="Weights: fan-out: fetch from the hosts, verify, serve")
+        ops.peers_stop(s, manifest, name="Weights: fan-out: stop serving")
+    elif s.weights_fanout:
         ops.fanout_push(s, manifest, name="Weights: fan-out: copy from the verified host")
         ops.fanout_receive(s, manifest, name="Weights: fan-out: verify the copies")
 

@@ -225,7 +225,7 @@ def test_tool_runs_on_the_host_from_its_zip_application(trio):
     p = subprocess.run(h.ssh_argv("python3 /opt/glmfleet/bin/weights.pyz --help"),
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith("usage: weights.pyz") and "{verify,download,status}" in p.stdout
+    assert p.stdout.startswith("usage: weights.pyz") and "{verify,download,serve,status}" in p.stdout
 
 
 def test_token_never_leaks(trio):
