@@ -142,6 +142,7 @@ class _Run:
         self.sources: list[tuple[str, str]] = []  # (host, base URL) serving, oldest first
         self.serving: set[str] = set()           # hosts whose server this run started
         self.receiving = 0                       # hosts fetching from the sources right now
+        self.waiting: set[str] | None = None     # receivers not started yet (set on first use)
 
 
 def _run(state) -> _Run:
@@ -788,8 +789,13 @@ def _peer_receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
     """Wait for a turn (plan.admit), fetch from every current source (the rest from the
     Hub), then serve too."""
     h, r = host, _run(state)
+    if r.waiting is None:
+        failed = {n for n, st in runctx.run_for(state).stages.items()
+                  if (st.get(STAGE) or ("",))[0] == "FAIL"}
+        r.waiting = set(_group(state, s)) - r.verified - failed
     while r.sources and not plan.admit(r.receiving, len(r.sources)):
         gevent.sleep(0.2)  # another host finishing adds a source or frees a turn
+    r.waiting.discard(h.name)
     sources = list(r.sources)
     names = tuple(n for n, _ in sources)
     if sources:
@@ -808,7 +814,8 @@ def _peer_receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
         if not plan.job_succeeded(st):
             return job.failed(plan.job_failure(st))
         job.passed(st, peers=names if job.peer_bytes else ())
-        _serve_start(state, h, s)  # a source for the hosts still waiting
+        if r.waiting:
+            _serve_start(state, h, s)  # a source for the hosts still waiting
         return True
     finally:
         r.receiving -= 1
