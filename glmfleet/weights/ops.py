@@ -12,15 +12,17 @@ application, bin/weights.pyz: glmfleet/weights/toolapp.py), run ON the host as a
 3. start `download --detach` (or attach to a job already running: exit 3 / the fact says
    so) and poll `status --wait N` until it ends, logging bytes (partial files included),
    rate and ETA per host, and a total line for the fleet;
-4. with weights_fanout, only one host (the seed) fetches from the Hub; the first verified
-   host (the source) then copies what each receiver lacks over SSH through the controller,
-   reading every file once for all receivers, and each receiver hashes every copied file
-   (`verify`), falling back to the Hub for anything that does not match. Why through the
-   controller: it is the one path that exists wherever pyinfra works (SSH to every host);
-   hosts may not reach each other (the simulated fleet's hosts cannot). The price: the LAN
-   bytes cross the controller's link once per receiver. The ordering relies on pyinfra's
-   default of finishing each operation on every host before the next (with --serial or
-   --no-wait the result is still verified weights, but receivers may go to the Hub).
+4. with weights_fanout, only one host (the seed) fetches from the Hub. Then, with
+   weights_fanout_via="peers" (section 5 below), the verified hosts serve the others over
+   the site network and no weight byte crosses the controller; with "controller", the
+   first verified host (the source) copies what each receiver lacks over SSH through the
+   controller, reading every file once for all receivers, and each receiver hashes every
+   copied file (`verify`), falling back to the Hub for anything that does not match. The
+   relay is the one path that exists wherever pyinfra works (SSH to every host), for hosts
+   that cannot reach each other; its price: every byte crosses the controller's link once
+   per receiver. The ordering relies on pyinfra's default of finishing each operation on
+   every host before the next (with --serial the sources grow one host at a time; with
+   --no-wait receivers may go to the Hub).
 
 Decisions are pure functions in glmfleet.weights.plan. Operations decide at execution time
 from live facts (pyinfra 3 runs an operation's body again when it executes); the long
@@ -728,8 +730,12 @@ def peers_serve(s, manifest: dict):
     if not _executing():
         host.noop("fan-out: decided at run time")
         return
-    if host.name not in _run(host.state).verified:
+    r = _run(host.state)
+    if host.name not in r.verified:
         host.noop("fan-out: not verified yet: serves once it is")
+        return
+    if not set(_group(host.state, s)) - r.verified:
+        host.noop("fan-out: every host of the group is verified: nothing to serve")
         return
     yield FunctionCommand(_serve_start, (s,), {})
 

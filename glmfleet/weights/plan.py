@@ -413,6 +413,9 @@ def fleet_progress_line(states: Mapping[str, Mapping]) -> str | None:
     if etas:
         parts.append(f"ETA {human_duration(max(etas))}")
     parts.append(f"{len(running)} of {len(states)} host(s) running")
+    peers = sum(1 for st in running if st.get("phase") == "download" and st.get("sources"))
+    if peers:
+        parts[-1] += f" ({peers} from other hosts, {len(running) - peers} from the Hub)"
     return ", ".join(parts)
 
 

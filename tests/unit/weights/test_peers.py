@@ -253,5 +253,11 @@ def test_progress_names_the_sources():
           "bytes_total": 4 << 20, "rate_bytes_per_s": 1 << 20, "eta_s": 3, "sources": 3}
     assert plan.progress_line(st).endswith("ETA 3s, from 3 host(s)")
     assert plan.progress_line({**st, "sources": 0}).endswith("from the Hub")
+    hub = {"command": "download", "phase": "download", "running": True, "bytes_done": 1 << 20,
+           "bytes_total": 4 << 20, "rate_bytes_per_s": 1 << 20, "eta_s": 3, "sources": 0}
+    line = plan.fleet_progress_line({"a": hub, "b": st | {"running": True}, "c": {**hub, "running": False,
+                                     "phase": "done", "exit_code": 0}})
+    assert line.endswith("2 of 3 host(s) running (1 from other hosts, 1 from the Hub)"), line
+    assert line.startswith("download: 6.3 MB of 12.6 MB (50%)"), line
     detail = plan.pass_detail("verified", 0, peer_bytes=4 << 20, peers=("w-a", "w-b"))
     assert "from 2 host(s) of the site (w-a, w-b): 4.2 MB (4194304 B)" in detail
