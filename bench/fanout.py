@@ -17,9 +17,13 @@ runs it (its zip application, `weights.pyz ...` processes). The Hub is the TEST 
                 on 127.0.0.x), the others fetch from all of them with aria2
                 (`weights.pyz download --peer ...`), as many at once as there are sources
                 (glmfleet.weights.plan.admit, as the deploy does): the sources double.
-                Host-to-host goes over loopback, unthrottled: a site's LAN is usually many
-                times its uplink, and this models that LAN as free, so (c) is a lower bound
-                on a real LAN.
+                Host-to-host goes over loopback, unthrottled (a site's LAN is usually many
+                times its uplink), but every simulated host shares this machine's cores,
+                and each receiver hashes every byte twice (aria2's sha256, then the tool's
+                own check): on a small machine the host-to-host rounds are CPU-bound here,
+                where real hosts each have cores of their own. So (c) is pessimistic on few
+                cores; a slower --uplink-mbs shows the ratio of a site whose LAN is further
+                ahead of its uplink.
 
 Printed per N and way: wall time and bytes per link (the Hub's uplink from the double's
 counters, the controller's link counted by the relay, host to host from the hosts' own

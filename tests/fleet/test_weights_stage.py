@@ -313,12 +313,14 @@ def test_bit_rot_found_only_with_rehash(trio, pyinfra_cli):
 
 def test_fanout_fetches_from_the_hub_once_for_the_fleet(trio, pyinfra_cli, ckpt):
     """Same three hosts, a fresh weights dir: one host fetches, the others get copies over
-    SSH through the controller and hash every file themselves."""
+    SSH through the controller (the relay: weights_fanout_via=controller; host to host is
+    tests/fleet/test_weights_p2p.py) and hash every file themselves."""
     assert trio["rc"] == 0
     hubs, work = trio["hubs"], trio["work"]
     hubs.reset()
     wdir = "/srv/fanout/GLM"
-    args = ("--data", "weights_fanout=true", "--data", f"weights_dir={wdir}")
+    args = ("--data", "weights_fanout=true", "--data", "weights_fanout_via=controller",
+            "--data", f"weights_dir={wdir}")
     rc, out = pyinfra(pyinfra_cli, trio["inventory"], work, *args)
     assert rc == 0, out[-5000:]
     files = ckpt[1]
