@@ -11,7 +11,7 @@ runs it (its zip application, `weights.pyz ...` processes). The Hub is the TEST 
 (b) controller: one host downloads from the Hub, then the controller relays the files to
                 the others with the relay's own code (glmfleet.weights.ops._copy_file: each
                 file read once, written to every receiver) over a link of --controller-mbs
-                (a throttle on the controller's reads and writes, both cross its link), and
+                (full duplex: a throttle on its reads, another on its writes), and
                 each receiver hashes what it got (`weights.pyz verify`).
 (c) peers:      one host downloads from the Hub; verified hosts serve (`weights.pyz serve`
                 on 127.0.0.x), the others fetch from all of them with aria2
@@ -75,7 +75,8 @@ class Link:
 
 
 class LocalFile:
-    """The part of paramiko's SFTPFile that the relay uses, on a local file, through a Link."""
+    """The part of paramiko's SFTPFile that the relay uses, on a local file, through a Link
+    (reads through the link's way in, writes through its way out)."""
 
     def __init__(self, path: str, mode: str, link: Link):
         self.f, self.link = open(path, mode), link
@@ -178,7 +179,8 @@ class Bench:
         dirs = self.fresh(n)
         t0 = time.perf_counter()
         self.pyz(*self.download(dirs[0]))
-        link = Link(self.args.controller_mbs << 20)
+        # full duplex: the source's bytes come in while the receivers' go out
+        link_in, link_out = Link(self.args.controller_mbs << 20), Link(self.args.controller_mbs << 20)
         receivers = dirs[1:]
         if receivers:
             paths = {d: plan.HostPaths("/unused", str(d)) for d in dirs}
@@ -191,8 +193,8 @@ class Bench:
                 def place(d, tmp, rel):
                     os.replace(tmp, paths[d].file(rel))
                     return True
-                failed = ops._copy_file(LocalSFTP(link), paths[dirs[0]], entry,
-                                        {d: (LocalSFTP(link), paths[d]) for d in names}, place)
+                failed = ops._copy_file(LocalSFTP(link_in), paths[dirs[0]], entry,
+                                        {d: (LocalSFTP(link_out), paths[d]) for d in names}, place)
                 if failed:
                     raise SystemExit(f"relay failed for {failed}")
             procs = [self.pyz("verify", "--dir", d, "--manifest", self.mfile, background=True)
@@ -200,8 +202,8 @@ class Bench:
             for p in procs:
                 if p.wait():
                     raise SystemExit(f"verify failed: {p.stderr.read()[-800:]}")
-        return {"wall": time.perf_counter() - t0, "hub": self.hub_bytes(), "controller": link.bytes,
-                "lan": 0}
+        return {"wall": time.perf_counter() - t0, "hub": self.hub_bytes(),
+                "controller": link_in.bytes + link_out.bytes, "lan": 0}
 
     def way_peers(self, n: int) -> dict:
         dirs = self.fresh(n)
