@@ -287,6 +287,7 @@ def test_a_source_that_dies_mid_transfer_does_not_fail_the_receivers(site, first
             others = {site.hosts[n].site_address for n in ("p-c", "p-d")}
             wait_for(lambda: log.exists() and any(f"serve: {a} " in log.read_text() for a in others),
                      what="p-b serving a receiver")
+            time.sleep(2)  # p-b's pieces take ~20 s now: the deploy logs progress meanwhile
             pid = json.loads((sdir(b, wdir) / "serve.json").read_text())["pid"]
             b.exec(f"kill -9 {int(pid)}")
             out = run.communicate(timeout=300)[0]
@@ -298,6 +299,12 @@ def test_a_source_that_dies_mid_transfer_does_not_fail_the_receivers(site, first
         subprocess.run([*tc, "del", "dev", "eth1", "root"], check=False)
     assert run.returncode == 0, out[-5000:]
     assert site.served() == {}
+    # progress while they fetched: per host, with its sources, and the fleet's total
+    lines = out.splitlines()
+    assert [ln for ln in lines if ("p-c" in ln or "p-d" in ln) and "weights: download: " in ln
+            and "from 2 host(s)" in ln], out[-4000:]
+    assert [ln for ln in lines if "[fleet] weights: download: " in ln and "from other hosts" in ln], \
+        out[-4000:]
     for n in ("p-c", "p-d"):
         assert verified(site.hosts[n], wdir) == DEFAULT_REVISION, n
         assert "fetched from the Hub: 0 B (0 B)" in summary_line(out, n)
