@@ -344,11 +344,11 @@ class _Job:
                                token_file=self.paths.token_file if token else None,
                                downloads=self.s.weights_parallel_downloads,
                                rehash=self.s.weights_rehash, peers=peers, **env)
-        secrets = [(self.paths.token_file, token)] if token else []
+        secret_files = [(self.paths.token_file, token)] if token else []
         if peers:
-            secrets.append((self.paths.peer_token_file, _peer_token(self.state)))
+            secret_files.append((self.paths.peer_token_file, _peer_token(self.state)))
         try:
-            for path, secret in secrets:
+            for path, secret in secret_files:
                 ok, _, err = _sh(self.state, self.h, plan.token_write_command(self.paths, path),
                                  stdin=secret, quiet=True)
                 if not ok:
@@ -356,7 +356,7 @@ class _Job:
                                      f"{err.strip()[-200:]}")
             ok, out, err = _sh(self.state, self.h, plan.with_rc(cmd), timeout=300)
         finally:
-            if secrets:  # the job has read them (or never will): no copy stays on the host
+            if secret_files:  # the job has read them (or never will): no copy stays on the host
                 _sh(self.state, self.h, plan.token_remove_command(self.paths))
         rc = plan.parse_rc(out)
         result = plan.last_json(out)

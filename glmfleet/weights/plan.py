@@ -247,8 +247,8 @@ except (ValueError, OSError):
     libc = ""
 out.update(machine=os.uname().machine, implementation=sys.implementation.name,
            glibc=libc.split()[1] if libc.startswith("glibc ") else None)
-secret = os.path.join(tool_dir, "secrets", "hf-token")
-out["token_file"] = os.path.exists(secret) or os.path.exists(secret + ".tmp")
+out["token_file"] = any(os.path.exists(os.path.join(tool_dir, "secrets", name + ext))
+                       for name in ("hf-token", "peer-token") for ext in ("", ".tmp"))
 pylib = os.path.join(tool_dir, "pylib")
 try:
     out["bundles"] = sorted(d for d in os.listdir(pylib)
