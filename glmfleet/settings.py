@@ -112,6 +112,8 @@ class Settings:
     weights_parallel_downloads: int
     weights_rehash: bool
     weights_fanout: bool
+    weights_fanout_via: str
+    weights_peer_port: int
     weights_wheel_dir: str | None
     weights_progress_interval_s: int
     weights_wait_timeout_s: int
@@ -359,6 +361,8 @@ PARSERS = {
     "weights_parallel_downloads": _int(1, 64),
     "weights_rehash": _bool,
     "weights_fanout": _bool,
+    "weights_fanout_via": _choice("peers", "controller"),
+    "weights_peer_port": _int(1, 65535),
     "weights_wheel_dir": _optional(_wheel_dir),
     "weights_progress_interval_s": _int(1, 3600),
     "weights_wait_timeout_s": _int(0, 30 * 86_400),
@@ -370,7 +374,7 @@ PARSERS = {
     "gateway_stats_port": _int(1, 65535),
     "gateway_timeout_s": _int(30, 86_400),
     "gateway_drain_timeout_s": _int(0, 86_400),
-    "site_address": _optional(_str(_HOSTNAME, "an IP address or host name the gateway can reach")),
+    "site_address": _optional(_str(_HOSTNAME, "an IP address or host name the other hosts and the gateway can reach")),
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Settings)}
 

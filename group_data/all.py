@@ -80,7 +80,9 @@ gpu_check_always = False  # False: the GPU container check runs again only when 
 weights_tool_dir = "/opt/glmfleet"  # host dir for the weights tool (bin/weights.pyz), its shipped Python packages (pylib/) and the HF token while a download starts (secrets/, 0700)
 weights_parallel_downloads = 8  # files one host fetches at once
 weights_rehash = False  # true: read and hash every byte again on this run (finds bit rot); false: an unchanged file costs one stat
-weights_fanout = False  # true: one host fetches from the Hub, the others copy its verified files over SSH through the controller and verify them
+weights_fanout = False  # true: one host per checkpoint fetches from the Hub, the others get its verified files over the site network (weights_fanout_via) and verify them
+weights_fanout_via = "peers"  # "peers": hosts holding verified weights serve them to the others (aria2, all sources at once; no byte through the controller); "controller": copies relayed over SSH through the controller (fallback when hosts cannot reach each other)
+weights_peer_port = 7480  # port a host serves its verified weights on to the other hosts (at site_address) while the weights stage needs them
 weights_wheel_dir = None  # controller dir of wheels for the hosts' Python packages (air-gapped sites: `python -m glmfleet.weights.hostbundle download`); None = a package index, else the controller's own packages when they fit the host
 weights_progress_interval_s = 30  # seconds between progress lines (bytes, rate, ETA) per host while a download runs
 weights_wait_timeout_s = 0  # stop waiting after this many seconds (the download goes on detached; a re-run attaches); 0 = until done
@@ -95,4 +97,4 @@ gateway_tls_cert = None  # PEM file (certificate + key) on the gateway host: HTT
 gateway_stats_port = 8404  # gateway's HAProxy metrics (/metrics, Prometheus) and stats page (/stats)
 gateway_timeout_s = 900  # idle limit on a client or server connection: covers a long non-streamed generation (OpenAI client waits 600 s)
 gateway_drain_timeout_s = 600  # rollout: wait at most this long for a drained host's in-flight requests before restarting it
-site_address = None  # address the gateway reaches this host's API at; None = its SSH hostname
+site_address = None  # address the other hosts of the site reach this host at (the gateway for its API, fan-out peers for its weights); None = its SSH hostname

@@ -14,7 +14,9 @@ On the host:
 
 A re-run on intact weights is a stat per file and no change; a running download is attached
 to; a killed one resumes with the files it had finished. weights_fanout: one host per
-checkpoint fetches from the Hub, the others get copies over SSH and hash every file.
+checkpoint fetches from the Hub, the others fetch from the hosts that hold verified copies
+(weights_fanout_via="peers": host to host with aria2, the controller carries no weight
+bytes; "controller": relayed over SSH) and hash every file.
 The stage itself: glmfleet.weights.sync (a pyinfra deploy; this file only calls it).
 """
 

@@ -17,13 +17,14 @@ fi
 # command -> package; only missing ones are installed, so a ready machine costs no apt call.
 # gcc builds the NVML double; shellcheck and docker-compose (v1) check the box kit's scripts
 # and compose file; gpg signs the apt repository double; docker-registry (the distribution
-# registry v2) and openssl serve the serving-image double over TLS from a test CA.
+# registry v2) and openssl serve the serving-image double over TLS from a test CA; aria2 is
+# the weights fan-out's downloader (its unit tests and bench/fanout.py run it here).
 missing="${TESTBED_FORCE_INSTALL:+ debootstrap}"  # force: exercise the install path
 for pair in debootstrap:debootstrap apt-cacher-ng:apt-cacher-ng sshd:openssh-server \
             ssh:openssh-client ssh-keygen:openssh-client ip:iproute2 unshare:util-linux \
             nsenter:util-linux ps:procps gcc:gcc shellcheck:shellcheck \
             docker-compose:docker-compose gpg:gnupg docker-registry:docker-registry \
-            openssl:openssl; do
+            openssl:openssl aria2c:aria2; do
     cmd=${pair%%:*} pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done

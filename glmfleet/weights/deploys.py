@@ -11,7 +11,8 @@ from glmfleet.weights import ops
 @deploy("weights.sync")
 def sync(settings=None) -> None:
     """The checkpoint at model_revision on the host, verified against the Hub's hashes
-    (downloaded, or copied from a verified host with weights_fanout). settings: a Settings,
+    (downloaded, or with weights_fanout fetched from the hosts that hold verified copies:
+    host to host with aria2, or relayed through the controller). settings: a Settings,
     a mapping over the host's data and the defaults, or None."""
     s = runctx.stage_settings(settings)
     manifest, error = ops.manifest_for_run(host.state, s)
@@ -24,7 +25,14 @@ def sync(settings=None) -> None:
         return
     ops.tool_and_manifest(s, manifest, name="Weights: weights.pyz and the manifest")
     ops.check_and_packages(s, manifest, name="Weights: stat-only check (+ Python packages if needed)")
+    peers = s.weights_fanout and s.weights_fanout_via == "peers"
+    if peers:
+        ops.peer_tools(s, manifest, name="Weights: fan-out: aria2 on the hosts that fetch")
     ops.fetch(s, manifest, name="Weights: download and verify (detached on the host)")
-    if s.weights_fanout:
+    if peers:
+        ops.peers_serve(s, manifest, name="Weights: fan-out: verified hosts serve the others")
+        ops.peers_receive(s, manifest, name="Weights: fan-out: fetch from the hosts, verify, serve")
+        ops.peers_stop(s, manifest, name="Weights: fan-out: stop serving")
+    elif s.weights_fanout:
         ops.fanout_push(s, manifest, name="Weights: fan-out: copy from the verified host")
         ops.fanout_receive(s, manifest, name="Weights: fan-out: verify the copies")

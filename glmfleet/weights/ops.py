@@ -12,15 +12,17 @@ application, bin/weights.pyz: glmfleet/weights/toolapp.py), run ON the host as a
 3. start `download --detach` (or attach to a job already running: exit 3 / the fact says
    so) and poll `status --wait N` until it ends, logging bytes (partial files included),
    rate and ETA per host, and a total line for the fleet;
-4. with weights_fanout, only one host (the seed) fetches from the Hub; the first verified
-   host (the source) then copies what each receiver lacks over SSH through the controller,
-   reading every file once for all receivers, and each receiver hashes every copied file
-   (`verify`), falling back to the Hub for anything that does not match. Why through the
-   controller: it is the one path that exists wherever pyinfra works (SSH to every host);
-   hosts may not reach each other (the simulated fleet's hosts cannot). The price: the LAN
-   bytes cross the controller's link once per receiver. The ordering relies on pyinfra's
-   default of finishing each operation on every host before the next (with --serial or
-   --no-wait the result is still verified weights, but receivers may go to the Hub).
+4. with weights_fanout, only one host (the seed) fetches from the Hub. Then, with
+   weights_fanout_via="peers" (section 5 below), the verified hosts serve the others over
+   the site network and no weight byte crosses the controller; with "controller", the
+   first verified host (the source) copies what each receiver lacks over SSH through the
+   controller, reading every file once for all receivers, and each receiver hashes every
+   copied file (`verify`), falling back to the Hub for anything that does not match. The
+   relay is the one path that exists wherever pyinfra works (SSH to every host), for hosts
+   that cannot reach each other; its price: every byte crosses the controller's link once
+   per receiver. The ordering relies on pyinfra's default of finishing each operation on
+   every host before the next (with --serial the sources grow one host at a time; with
+   --no-wait receivers may go to the Hub).
 
 Decisions are pure functions in glmfleet.weights.plan. Operations decide at execution time
 from live facts (pyinfra 3 runs an operation's body again when it executes); the long
@@ -38,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import secrets
 import shlex
 import time
 
@@ -45,7 +48,7 @@ import gevent
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.operations import server
+from pyinfra.operations import apt, server
 
 from glmfleet import remote, runctx
 from glmfleet.settings import Settings
@@ -136,10 +139,24 @@ class _Run:
         self.downloads: dict[str, dict] = {}     # host -> last status of its download job
         self.fleet_logged = 0.0                  # when the fleet progress line was last logged
         self.bundles: dict[str, hostbundle.Bundle] = {}  # host -> its Python packages
+        # host-to-host fan-out (weights_fanout_via = "peers")
+        self.peer_token: str | None = None       # the run's token for the hosts' servers
+        self.sources: list[tuple[str, str]] = []  # (host, base URL) serving, oldest first
+        self.serving: set[str] = set()           # hosts whose server this run started
+        self.receiving = 0                       # hosts fetching from the sources right now
+        self.waiting: set[str] | None = None     # receivers not started yet (set on first use)
 
 
 def _run(state) -> _Run:
     return runctx.per_run(state, "weights", _Run)
+
+
+def _peer_token(state) -> str:
+    """One random token per run, shared by every server and download of it; never printed."""
+    r = _run(state)
+    if r.peer_token is None:
+        r.peer_token = secrets.token_urlsafe(32)
+    return r.peer_token
 
 
 def _group(state, s) -> list[str]:
@@ -150,7 +167,8 @@ def _group(state, s) -> list[str]:
         if h not in active:
             continue
         hs = runctx.settings(state, h)
-        if hs.weights_fanout and (hs.model_repo, hs.model_revision) == (s.model_repo, s.model_revision):
+        if hs.weights_fanout and (hs.model_repo, hs.model_revision, hs.weights_fanout_via) == \
+                (s.model_repo, s.model_revision, s.weights_fanout_via):
             out.append(h.name)
     return out
 
@@ -304,11 +322,13 @@ class _Job:
         self.state, self.h, self.s, self.manifest = state, h, s, manifest
         self.paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
         self.hub_bytes = 0
+        self.peer_bytes = 0
         self.started = time.monotonic()
 
     # -- one job -----------------------------------------------------------------------
-    def start(self, command: str) -> bool:
-        """Start a detached job; True if started, False if another is running (attach)."""
+    def start(self, command: str, peers: tuple = ()) -> bool:
+        """Start a detached job; True if started, False if another is running (attach).
+        peers: the other hosts' servers a download fetches from first (with the run's token)."""
         token = None
         env = {}
         if command == "download":
@@ -324,17 +344,20 @@ class _Job:
         cmd = plan.job_command(command, self.paths, endpoint=self.s.hf_endpoint,
                                token_file=self.paths.token_file if token else None,
                                downloads=self.s.weights_parallel_downloads,
-                               rehash=self.s.weights_rehash, **env)
+                               rehash=self.s.weights_rehash, peers=peers, **env)
+        secret_files = [(self.paths.token_file, token)] if token else []
+        if peers:
+            secret_files.append((self.paths.peer_token_file, _peer_token(self.state)))
         try:
-            if token:
-                ok, _, err = _sh(self.state, self.h, plan.token_write_command(self.paths),
-                                 stdin=token, quiet=True)
+            for path, secret in secret_files:
+                ok, _, err = _sh(self.state, self.h, plan.token_write_command(self.paths, path),
+                                 stdin=secret, quiet=True)
                 if not ok:
-                    raise _JobFailed(f"cannot write the HF token file {self.paths.token_file} on the "
-                                     f"host: {err.strip()[-200:]}")
+                    raise _JobFailed(f"cannot write the token file {path} on the host: "
+                                     f"{err.strip()[-200:]}")
             ok, out, err = _sh(self.state, self.h, plan.with_rc(cmd), timeout=300)
         finally:
-            if token:  # the job has read it (or never will): no copy stays on the host
+            if secret_files:  # the job has read them (or never will): no copy stays on the host
                 _sh(self.state, self.h, plan.token_remove_command(self.paths))
         rc = plan.parse_rc(out)
         result = plan.last_json(out)
@@ -381,10 +404,10 @@ class _Job:
             r.fleet_logged = now
             logger.info(f"[fleet] weights: {line}")
 
-    def run(self, command: str) -> dict:
+    def run(self, command: str, peers: tuple = ()) -> dict:
         """Run one job to its end (attaching first if another job holds the lock)."""
         for _ in range(3):
-            if self.start(command):
+            if self.start(command, peers):
                 st = self.wait()
                 self._count(st)
                 return st
@@ -406,13 +429,15 @@ class _Job:
     def _count(self, st: dict) -> None:
         if st.get("command") == "download":
             self.hub_bytes += int(st.get("fetched_bytes") or 0)
+            self.peer_bytes += int(st.get("peer_bytes") or 0)
 
     # -- outcome -----------------------------------------------------------------------
-    def passed(self, st: dict, lan_bytes: int = 0, source: str | None = None) -> bool:
+    def passed(self, st: dict, lan_bytes: int = 0, source: str | None = None,
+               peers: tuple = ()) -> bool:
         summary = (st.get("result") or {}).get("summary") or "verified"
         _run(self.state).verified.add(self.h.name)
         detail = plan.pass_detail(summary, self.hub_bytes, lan_bytes, source,
-                                  time.monotonic() - self.started)
+                                  time.monotonic() - self.started, self.peer_bytes, peers)
         return _finish(self.state, self.h, "PASS", detail)
 
     def failed(self, reason: str) -> bool:
@@ -676,3 +701,162 @@ def _receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
     if plan.job_succeeded(st):
         return job.passed(st, lan, source)
     return job.failed(plan.job_failure(st))
+
+
+# ---- 5. fan-out host to host: verified hosts serve, the others fetch from all of them --------
+#
+# weights_fanout_via = "peers": every host holding verified weights serves them on the site
+# network (weights.pyz serve: the manifest's files only, range requests, the run's token) at
+# site_address:weights_peer_port; the others fetch each file from all current sources at once
+# with aria2 and hash it as a Hub download. As many hosts fetch at once as there are sources,
+# and each one that finishes serves too, so the sources double each round. The controller
+# starts and stops things; no weight byte crosses it. The servers stop when the exchange ends
+# (and by themselves after a while without requests, should the controller go away).
+
+def _peer_address(h, s) -> str:
+    """The address the other hosts reach this one at: site_address, else the inventory's."""
+    return s.site_address or str(h.data.get("ssh_hostname") or h.name)
+
+
+@operation()
+def peer_tools(s, manifest: dict):
+    """apt.packages, but only where a fetch is due (apt.packages alone cannot see that a host
+    is verified and needs no aria2): the distribution's aria2 on hosts that fetch from peers."""
+    needs, _why = _needs_work(s, _look(s), manifest)
+    if not needs:
+        host.noop("verified: fetches nothing")
+        return
+    yield from apt.packages._inner(packages=["aria2"], no_recommends=True, update=True,
+                                   cache_time=3600)
+
+
+@operation()
+def peers_serve(s, manifest: dict):
+    """Verified hosts serve their files to the others (no pyinfra operation runs a server for
+    the length of a stage): started with a per-run token on stdin, never on a command line."""
+    if not _executing():
+        host.noop("fan-out: decided at run time")
+        return
+    r = _run(host.state)
+    if host.name not in r.verified:
+        host.noop("fan-out: not verified yet: serves once it is")
+        return
+    if not set(_group(host.state, s)) - r.verified:
+        host.noop("fan-out: every host of the group is verified: nothing to serve")
+        return
+    yield FunctionCommand(_serve_start, (s,), {})
+
+
+def _serve_start(state, host, s) -> bool:  # noqa: F811
+    """Start this (verified) host's server and add it to the sources. A host that cannot
+    serve only says so: it is verified, and the others use the remaining sources."""
+    h, r = host, _run(state)
+    paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
+    address = _peer_address(h, s)
+    try:
+        for attempt in range(2):
+            ok, _, err = _sh(state, h, plan.token_write_command(paths, paths.peer_token_file),
+                             stdin=_peer_token(state), quiet=True)
+            if not ok:
+                raise RuntimeError(f"cannot write {paths.peer_token_file}: {err.strip()[-200:]}")
+            try:
+                ok, out, err = _sh(state, h, plan.with_rc(plan.serve_command(paths, address,
+                                                                             s.weights_peer_port)))
+            finally:
+                _sh(state, h, plan.token_remove_command(paths))
+            rc, result = plan.parse_rc(out), plan.last_json(out) or {}
+            if rc == EXIT_BUSY and attempt == 0:  # left by an earlier run: it has another token
+                _sh(state, h, plan.serve_stop_command(paths))
+                continue
+            break
+        if rc != EXIT_OK or result.get("status") != "started":
+            raise RuntimeError(plan.start_refusal(rc, result, err))
+    except Exception as e:
+        _log(h, f"fan-out: cannot serve the weights to the other hosts ({e}); they use the "
+                "other sources")
+        return True
+    url = plan.peer_url(address, s.weights_peer_port)
+    r.serving.add(h.name)
+    r.sources.append((h.name, url))
+    _log(h, f"fan-out: serving the verified weights to the other hosts at {url} "
+            f"(pid {result.get('pid')}; {len(r.sources)} source(s) now)")
+    return True
+
+
+@operation()
+def peers_receive(s, manifest: dict):
+    """Rounds of host-to-host fetches decided at run time as sources finish (no pyinfra
+    equivalent): aria2 from every current source, then our own hash of every file."""
+    if not _executing():
+        host.noop("fan-out: decided at run time")
+        return
+    if host.name in _run(host.state).verified:
+        host.noop("verified")
+        return
+    recorded = runctx.run_for(host.state).stages.get(host.name, {}).get(STAGE)
+    if recorded and recorded[0] == "FAIL":
+        host.noop("failed earlier in this stage")
+        return
+    yield FunctionCommand(_peer_receive, (s, manifest), {})
+
+
+def _peer_receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
+    """Wait for a turn (plan.admit), fetch from every current source (the rest from the
+    Hub), then serve too."""
+    h, r = host, _run(state)
+    if r.waiting is None:
+        failed = {n for n, st in runctx.run_for(state).stages.items()
+                  if (st.get(STAGE) or ("",))[0] == "FAIL"}
+        r.waiting = set(_group(state, s)) - r.verified - failed
+    while r.sources and not plan.admit(r.receiving, len(r.sources)):
+        gevent.sleep(0.2)  # another host finishing adds a source or frees a turn
+    r.waiting.discard(h.name)
+    sources = list(r.sources)
+    names = tuple(n for n, _ in sources)
+    if sources:
+        _log(h, f"fan-out: fetching from {len(sources)} host(s): {', '.join(names)}")
+    else:
+        _log(h, "fan-out: no host serves the weights: fetching from the Hub")
+    job = _Job(state, h, s, manifest)
+    r.receiving += 1
+    try:
+        try:
+            st = job.run("download", tuple(url for _, url in sources))
+        except _JobFailed as e:
+            return job.failed(str(e))
+        except Exception as e:
+            return job.failed(_lost(e))
+        if not plan.job_succeeded(st):
+            return job.failed(plan.job_failure(st))
+        job.passed(st, peers=names if job.peer_bytes else ())
+        if r.waiting:
+            _serve_start(state, h, s)  # a source for the hosts still waiting
+        return True
+    finally:
+        r.receiving -= 1
+
+
+@operation()
+def peers_stop(s, manifest: dict):
+    """Stop this run's servers (by the run's token and PID files; server.shell would need the
+    run's state at plan time, which only exists when the run executes)."""
+    if not _executing():
+        host.noop("fan-out: decided at run time")
+        return
+    if host.name not in _run(host.state).serving:
+        host.noop("fan-out: not serving")
+        return
+    yield FunctionCommand(_serve_stop, (s,), {})
+
+
+def _serve_stop(state, host, s) -> bool:  # noqa: F811
+    paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
+    ok, out, err = _sh(state, host, plan.serve_stop_command(paths))
+    result = plan.last_json(out) or {}
+    _run(state).serving.discard(host.name)
+    if ok and result.get("status") in ("stopped", "not running"):
+        _log(host, "fan-out: stopped serving the weights")
+    else:
+        _log(host, f"fan-out: could not stop serving the weights ({result.get('status') or err.strip()[-200:]}); "
+                   "the server stops by itself after 15 minutes without requests")
+    return True

@@ -53,6 +53,12 @@ class HostPaths:
         return f"{self.secrets}/hf-token"
 
     @property
+    def peer_token_file(self) -> str:
+        """The run's token for the other hosts' servers, only while a server or a download
+        from peers starts (each reads it once)."""
+        return f"{self.secrets}/peer-token"
+
+    @property
     def state_dir(self) -> str:
         return f"{self.weights_dir}/{STATE_DIR_NAME}"
 
@@ -97,9 +103,10 @@ def parse_rc(stdout_lines: Iterable[str]) -> int | None:
 
 def job_command(command: str, p: HostPaths, *, pylib: str | None = None, xet: bool = False,
                 endpoint: str | None = None, token_file: str | None = None, downloads: int = 8,
-                rehash: bool = False) -> str:
-    """`weights.pyz download|verify --detach` for this host. The token travels as a file
-    name only; HF_ENDPOINT as --endpoint (the script sets it before importing the client)."""
+                rehash: bool = False, peers: Iterable[str] = ()) -> str:
+    """`weights.pyz download|verify --detach` for this host. The tokens travel as file
+    names only; HF_ENDPOINT as --endpoint (the script sets it before importing the client);
+    peers: the other hosts' servers to fetch from first."""
     env = []
     if command == "download":
         if pylib:
@@ -113,6 +120,10 @@ def job_command(command: str, p: HostPaths, *, pylib: str | None = None, xet: bo
             argv += ["--endpoint", q(endpoint)]
         if token_file:
             argv += ["--token-file", q(token_file)]
+        for url in peers:
+            argv += ["--peer", q(url)]
+        if peers:
+            argv += ["--peer-token-file", q(p.peer_token_file)]
     elif rehash:
         argv.append("--rehash")
     return " ".join((["env", *env] if env else []) + argv)
@@ -122,16 +133,44 @@ def status_command(p: HostPaths, wait_s: float) -> str:
     return f"python3 {q(p.script)} status --dir {q(p.weights_dir)} --wait {float(wait_s):g}"
 
 
-def token_write_command(p: HostPaths) -> str:
-    """Writes stdin (the token) to the token file: umask 077 before anything is created, in
-    a 0700 dir, through a temp name. The secret is on stdin, never in the command."""
-    tmp = p.token_file + ".tmp"
+def token_write_command(p: HostPaths, path: str | None = None) -> str:
+    """Writes stdin (a token) to the token file (or `path` in the secrets dir): umask 077
+    before anything is created, in a 0700 dir, through a temp name. The secret is on stdin,
+    never in the command."""
+    path = path or p.token_file
+    tmp = path + ".tmp"
     return (f"umask 077 && mkdir -p {q(p.secrets)} && chmod 700 {q(p.secrets)} && "
-            f"cat > {q(tmp)} && mv -f {q(tmp)} {q(p.token_file)}")
+            f"cat > {q(tmp)} && mv -f {q(tmp)} {q(path)}")
 
 
 def token_remove_command(p: HostPaths) -> str:
-    return f"rm -f {q(p.token_file)} {q(p.token_file + '.tmp')}"
+    return " ".join(["rm -f", *(q(f + ext) for f in (p.token_file, p.peer_token_file)
+                                for ext in ("", ".tmp"))])
+
+
+# ---- host-to-host fan-out (weights_fanout_via = "peers") ---------------------------------
+
+def peer_url(address: str, port: int) -> str:
+    """The base URL other hosts use for this host's server (an IPv6 literal in brackets)."""
+    return f"http://[{address}]:{int(port)}" if ":" in address else f"http://{address}:{int(port)}"
+
+
+def serve_command(p: HostPaths, address: str, port: int) -> str:
+    """Start this host's server for the other hosts, detached; the token is read from the
+    peer token file (written just before, removed right after)."""
+    return (f"python3 {q(p.script)} serve --dir {q(p.weights_dir)} --bind {q(address)} "
+            f"--port {int(port)} --token-file {q(p.peer_token_file)} --detach")
+
+
+def serve_stop_command(p: HostPaths) -> str:
+    return f"python3 {q(p.script)} serve --dir {q(p.weights_dir)} --stop"
+
+
+def admit(receiving: int, sources: int) -> bool:
+    """May one more host start fetching from the peers? As many receivers at once as there
+    are sources: each finished receiver becomes a source, so the sources double each round
+    and no source's link is shared by more than about one receiver's worth of segments."""
+    return receiving < max(1, sources)
 
 
 def bundle_install_command(p: HostPaths, digest: str, upload: str, import_check: str,
@@ -208,8 +247,8 @@ except (ValueError, OSError):
     libc = ""
 out.update(machine=os.uname().machine, implementation=sys.implementation.name,
            glibc=libc.split()[1] if libc.startswith("glibc ") else None)
-secret = os.path.join(tool_dir, "secrets", "hf-token")
-out["token_file"] = os.path.exists(secret) or os.path.exists(secret + ".tmp")
+out["token_file"] = any(os.path.exists(os.path.join(tool_dir, "secrets", name + ext))
+                       for name in ("hf-token", "peer-token") for ext in ("", ".tmp"))
 pylib = os.path.join(tool_dir, "pylib")
 try:
     out["bundles"] = sorted(d for d in os.listdir(pylib)
@@ -347,6 +386,9 @@ def progress_line(st: Mapping) -> str:
     current = st.get("current_files") or []
     if current:
         parts.append(f"{len(current)} file(s) in flight")
+    if phase == "download" and st.get("command") == "download":
+        n = st.get("sources") or 0
+        parts.append(f"from {n} host(s)" if n else "from the Hub")
     return ", ".join(parts)
 
 
@@ -371,6 +413,9 @@ def fleet_progress_line(states: Mapping[str, Mapping]) -> str | None:
     if etas:
         parts.append(f"ETA {human_duration(max(etas))}")
     parts.append(f"{len(running)} of {len(states)} host(s) running")
+    peers = sum(1 for st in running if st.get("phase") == "download" and st.get("sources"))
+    if peers:
+        parts[-1] += f" ({peers} from other hosts, {len(running) - peers} from the Hub)"
     return ", ".join(parts)
 
 
@@ -407,10 +452,15 @@ def size_text(n: int) -> str:
 
 
 def pass_detail(summary: str, hub_bytes: int, lan_bytes: int = 0, source: str | None = None,
-                seconds: float | None = None) -> str:
+                seconds: float | None = None, peer_bytes: int = 0,
+                peers: Iterable[str] = ()) -> str:
     parts = [summary, f"fetched from the Hub: {size_text(hub_bytes)}"]
     if lan_bytes or source:
         parts.append(f"copied from {source} over SSH via the controller: {size_text(lan_bytes)}")
+    peers = list(peers)
+    if peer_bytes or peers:
+        parts.append(f"from {len(peers)} host(s) of the site ({', '.join(peers)}): "
+                     f"{size_text(peer_bytes)}")
     if seconds:
         parts.append(f"in {human_duration(seconds)}")
     return "; ".join(parts)

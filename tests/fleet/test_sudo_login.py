@@ -43,7 +43,8 @@ def test_weights_stage_as_sudo_user_with_sudo_flag(fleet, pyinfra_cli, tmp_path)
             hubs.append(hub)
             data = {k: v for k, v in fleet.ssh_data(h).items() if k != "_sudo"}
             data.update(model_revision=DEFAULT_REVISION, hf_endpoint=hub.url,
-                        weights_dir=WDIR, weights_fanout=True, weights_progress_interval_s=1)
+                        weights_dir=WDIR, weights_fanout=True, weights_fanout_via="controller",
+                        weights_progress_interval_s=1)  # the relay: its copies under sudo
             rows.append(f"    ({n!r}, {data!r}),\n")
         inventory = tmp_path / "inv.py"
         inventory.write_text("gpu = [\n" + "".join(rows) + "]\n")

@@ -225,7 +225,7 @@ def test_tool_runs_on_the_host_from_its_zip_application(trio):
     p = subprocess.run(h.ssh_argv("python3 /opt/glmfleet/bin/weights.pyz --help"),
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith("usage: weights.pyz") and "{verify,download,status}" in p.stdout
+    assert p.stdout.startswith("usage: weights.pyz") and "{verify,download,serve,status}" in p.stdout
 
 
 def test_token_never_leaks(trio):
@@ -313,12 +313,14 @@ def test_bit_rot_found_only_with_rehash(trio, pyinfra_cli):
 
 def test_fanout_fetches_from_the_hub_once_for_the_fleet(trio, pyinfra_cli, ckpt):
     """Same three hosts, a fresh weights dir: one host fetches, the others get copies over
-    SSH through the controller and hash every file themselves."""
+    SSH through the controller (the relay: weights_fanout_via=controller; host to host is
+    tests/fleet/test_weights_p2p.py) and hash every file themselves."""
     assert trio["rc"] == 0
     hubs, work = trio["hubs"], trio["work"]
     hubs.reset()
     wdir = "/srv/fanout/GLM"
-    args = ("--data", "weights_fanout=true", "--data", f"weights_dir={wdir}")
+    args = ("--data", "weights_fanout=true", "--data", "weights_fanout_via=controller",
+            "--data", f"weights_dir={wdir}")
     rc, out = pyinfra(pyinfra_cli, trio["inventory"], work, *args)
     assert rc == 0, out[-5000:]
     files = ckpt[1]

@@ -6,6 +6,9 @@ file, a zip application built by glmfleet/weights/toolapp.py, run as:
     python3 weights.pyz verify   --dir D [--manifest M] [--jobs N] [--rehash] [--strict-extra] [--detach]
     python3 weights.pyz download --dir D [--manifest M] [--token-file F] [--endpoint URL]
                                  [--downloads K] [--attempts A] [--jobs N] [--strict-extra] [--detach]
+                                 [--peer URL ... --peer-token-file F]
+    python3 weights.pyz serve    --dir D --bind ADDRESS --port P --token-file F [--max-idle S] [--detach]
+    python3 weights.pyz serve    --dir D --stop
     python3 weights.pyz status   --dir D [--wait SECONDS]
     (all take --state-dir S; default D/.glmfleet)
 
@@ -14,6 +17,10 @@ the pinned commit) names every file with its size and expected hash: sha256 for 
 the git blob sha1 (`blob <len>\\0` + content) for the others. Verification trusts nothing
 but those hashes: the Hub client checks only sizes, and in local_dir mode it skips a file
 whenever its .cache/huggingface/download/<path>.metadata says so.
+
+With --peer, download fetches from other hosts of the site first (their `serve`, with aria2:
+hostside/peers.py) and only what none of them delivers intact from the Hub. `serve` shares
+this host's verified files with them (hostside/serve.py).
 
 Verification is stdlib only. Downloading imports huggingface_hub (and uses hf_xet when the
 Hub offers Xet); that import happens only when something must be fetched, so a verify-only
@@ -69,6 +76,7 @@ import time
 from . import jobs
 from .common import (EXIT_OK, BusyError, LocalError, Paths, UsageError, WeightsError, load_manifest,
                      read_json, write_json_atomic)
+from . import serve
 from .download import run_download_job
 
 def read_token(args) -> str | None:
@@ -104,10 +112,15 @@ def start_job(args, command: str) -> int:
             raise UsageError(f"weights dir {paths.dir} does not exist")
     manifest = load_manifest(args.manifest or paths.manifest)
     token = read_token(args) if command == "download" else None
+    peer_token = None
+    if command == "download" and args.peer:
+        if not args.peer_token_file:
+            raise UsageError("--peer needs --peer-token-file (the run's token for the other hosts)")
+        peer_token = serve.read_secret(args.peer_token_file)
     lock_fd = jobs.acquire_lock(paths)
     if args.manifest and os.path.abspath(args.manifest) != paths.manifest:
         write_json_atomic(paths.manifest, manifest)  # kept next to the weights it describes
-    ctx = jobs.JobContext(args, paths, manifest, token)
+    ctx = jobs.JobContext(args, paths, manifest, token, peer_token)
     work = run_download_job if command == "download" else jobs.run_verify_job
 
     def run(ready=None, detached=False):
@@ -121,6 +134,29 @@ def start_job(args, command: str) -> int:
     result = read_json(paths.state_file, {})
     print(json.dumps(result, sort_keys=True))
     return code
+
+
+def cmd_serve(args) -> int:
+    """Serve the verified files (hostside/serve.py), or stop the server (--stop)."""
+    paths = Paths(args.dir, args.state_dir)
+    if args.stop:
+        print(json.dumps(serve.stop_server(paths)))
+        return EXIT_OK
+    if not (args.bind and args.port and args.token_file):
+        raise UsageError("serve needs --bind, --port and --token-file (or --stop)")
+    manifest = load_manifest(args.manifest or paths.manifest)
+    lock_fd = serve.serve_lock(paths)
+    srv = serve.open_server(args, paths, manifest)
+
+    def run(ready=None, detached=False):
+        jobs.setup_logging(paths, to_stderr=not detached)
+        return serve.run_server(srv, lock_fd, args.max_idle, ready)
+    if args.detach:
+        return jobs.detach(run, lock_fd, paths, "serve", keep=(srv.fileno(),))
+    try:
+        return run()
+    finally:
+        os.close(lock_fd)
 
 
 def cmd_status(args) -> int:
@@ -166,6 +202,19 @@ def parse_args(argv):
     d.add_argument("--downloads", type=int, default=8, help="files fetched at once (default 8)")
     d.add_argument("--attempts", type=int, default=3,
                    help="tries per file on transient errors or hash mismatches (default 3)")
+    d.add_argument("--peer", action="append", default=[], metavar="URL",
+                   help="another host's `serve` (http://ADDRESS:PORT), fetched from first; repeatable")
+    d.add_argument("--peer-token-file", help="file holding the run's token for --peer (mode 0600)")
+    sv = sub.add_parser("serve", help="serve the verified files to the other hosts of the site")
+    common(sv)
+    sv.add_argument("--manifest", help="manifest JSON (default STATE_DIR/manifest.json)")
+    sv.add_argument("--bind", help="address to listen on (the one the other hosts use)")
+    sv.add_argument("--port", type=int, help="port to listen on")
+    sv.add_argument("--token-file", help="file holding the token every request must carry (0600)")
+    sv.add_argument("--max-idle", type=float, default=900,
+                    help="stop after this many seconds without a request (default 900)")
+    sv.add_argument("--detach", action="store_true", help="run as a daemon; print its pid and return")
+    sv.add_argument("--stop", action="store_true", help="stop the running server")
     s = sub.add_parser("status", help="print the job's state as JSON")
     common(s)
     s.add_argument("--wait", type=float, default=0,
@@ -184,6 +233,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         return start_job(args, args.command)
     except WeightsError as e:
         print(f"weights.pyz {args.command}: {e.message}", file=sys.stderr)

@@ -253,6 +253,9 @@ class Paths:
         self.log = os.path.join(self.state, "weights.log")
         self.hf_meta = os.path.join(self.dir, HF_DOWNLOAD_META)
         self.hf_home = os.path.join(self.state, "hf-home")
+        self.incoming = os.path.join(self.state, "incoming")  # files from peers, until checked
+        self.serve_lock = os.path.join(self.state, "serve.lock")
+        self.serve_state = os.path.join(self.state, "serve.json")
 
     def file(self, rel: str) -> str:
         return os.path.join(self.dir, *rel.split("/"))

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from .common import (EXIT_OK, PERMANENT_HUB_KINDS, HubAccessError, LocalError, Paths,
                      WeightsError, exc_chain, expected_hash, human_bytes, hub_error_message, log,
                      unlink_quiet)
+from . import peers
 from .jobs import JobContext, Progress, result_brief, verify_pass
 from .verify import check_one, interruptible
 
@@ -227,21 +228,33 @@ def run_download_job(ctx: JobContext) -> int:
         remove_local(paths, c["path"])
     need_bytes = sum(e["size"] for e in entries)
     check_space(paths, need_bytes)
-    # 2. Fetch exactly those files.
-    ctx.state.set(phase="connect", files_to_fetch=len(entries), bytes_to_fetch=need_bytes)
-    hub = HubClient(paths, manifest["repo"], manifest["revision"], ctx.args.endpoint, ctx.token)
-    hub.check_access()
+    # 2. Fetch exactly those files: from other hosts of the site first (--peer), the rest
+    # (all of it without peers) from the Hub.
     total = sum(e["size"] for e in manifest["files"])
     progress = Progress(total, done=total - need_bytes)
-    ctx.state.set(phase="download")
-    ctx.state.attach(progress, lambda: inflight_bytes(paths))
-    log.info("downloading %d file(s), %s, %d at a time", len(entries), human_bytes(need_bytes),
-             ctx.args.downloads)
+    ctx.state.set(phase="download", files_to_fetch=len(entries), bytes_to_fetch=need_bytes)
+    ctx.state.attach(progress, lambda: inflight_bytes(paths) + peers.incoming_bytes(paths))
     try:
-        failed = fetch_all(ctx, hub, entries, progress)
+        if ctx.args.peer:
+            sources = [peers.source_url(u, manifest["revision"]) for u in ctx.args.peer]
+            entries = peers.fetch_from_peers(ctx, entries, progress, sources, ctx.peer_token,
+                                             check_one, DOWNLOAD_BUFFER)
+            if entries:
+                log.warning("peers: %d file(s) not delivered intact by any host: fetching them "
+                            "from the Hub", len(entries))
+        failed = {}
+        if entries:
+            ctx.state.set(phase="connect", sources=0)
+            hub = HubClient(paths, manifest["repo"], manifest["revision"], ctx.args.endpoint, ctx.token)
+            hub.check_access()
+            ctx.state.set(phase="download")
+            log.info("downloading %d file(s), %s, %d at a time", len(entries),
+                     human_bytes(sum(e["size"] for e in entries)), ctx.args.downloads)
+            failed = fetch_all(ctx, hub, entries, progress)
     finally:
         ctx.state.detach()
-        ctx.state.set(fetched_bytes=ctx.fetched_bytes, fetched_files=ctx.fetched_files)
+        ctx.state.set(fetched_bytes=ctx.fetched_bytes, fetched_files=ctx.fetched_files,
+                      peer_bytes=ctx.peer_bytes, peer_files=ctx.peer_files)
     if failed:
         rel, why = sorted(failed.items())[0]
         raise WeightsError(f"{len(failed)} file(s) could not be fetched intact after {ctx.args.attempts} "

@@ -233,10 +233,11 @@ def close_other_fds(keep) -> None:
                 pass
 
 
-def detach(run_job, lock_fd: int, paths: Paths, command: str) -> int:
+def detach(run_job, lock_fd: int, paths: Paths, command: str, keep=()) -> int:
     """Run `run_job(ready)` in a daemon that survives the SSH session (double fork, setsid,
     stdin from /dev/null, stdout/stderr to the log). The daemon keeps the lock through its
-    inherited descriptor. Returns once the daemon has written its pid and first state."""
+    inherited descriptor (and any descriptor in ``keep``, e.g. a listening socket). Returns
+    once the daemon has written its pid and first state."""
     r, w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -244,6 +245,8 @@ def detach(run_job, lock_fd: int, paths: Paths, command: str) -> int:
     if pid:  # the caller: wait for the daemon's pid, print it, return
         os.close(w)
         os.close(lock_fd)
+        for fd in keep:
+            os.close(fd)
         msg = b""
         while True:
             chunk = os.read(r, 64)
@@ -274,7 +277,7 @@ def detach(run_job, lock_fd: int, paths: Paths, command: str) -> int:
         os.dup2(out, 2)
         os.close(null)
         os.close(out)
-        close_other_fds(keep=(0, 1, 2, lock_fd, w))
+        close_other_fds(keep=(0, 1, 2, lock_fd, w, *keep))
         write_lock_pid(lock_fd)
 
         def ready():
@@ -300,13 +303,17 @@ def detach(run_job, lock_fd: int, paths: Paths, command: str) -> int:
 # =============================================================================================
 
 class JobContext:
-    def __init__(self, args, paths: Paths, manifest: dict, token: str | None = None):
+    def __init__(self, args, paths: Paths, manifest: dict, token: str | None = None,
+                 peer_token: str | None = None):
         self.args, self.paths, self.manifest, self.token = args, paths, manifest, token
+        self.peer_token = peer_token  # the run's token for the other hosts' servers
         self.jobs = args.jobs or default_jobs()
         self.cache = HashCache(paths.cache)
         self.state: State | None = None
         self.fetched_bytes = 0
         self.fetched_files = 0
+        self.peer_bytes = 0   # from other hosts of the site (download --peer)
+        self.peer_files = 0
         self._lock = threading.Lock()
 
 
@@ -360,7 +367,8 @@ def job_main(ctx: JobContext, command: str, work, ready=None, detached: bool = F
         "revision": ctx.manifest["revision"], "files_total": len(ctx.manifest["files"]),
         "bytes_total": sum(e["size"] for e in ctx.manifest["files"]), "bytes_done": 0,
         "rate_bytes_per_s": None, "eta_s": None, "current_file": None, "current_files": [],
-        "fetched_bytes": 0, "fetched_files": 0, "exit_code": None, "error": None, "result": None,
+        "fetched_bytes": 0, "fetched_files": 0, "peer_bytes": 0, "peer_files": 0, "sources": 0,
+        "exit_code": None, "error": None, "result": None,
         "detached": detached, "log": paths.log})
     unlink_quiet(paths.marker)  # from here on, only a complete success may write it again
     ctx.state.set(phase="starting")  # a poller sees the job before the caller returns

@@ -44,7 +44,8 @@ DEFAULT_REVISION = "13b78e74ba3652cfbbcdc59ae70dbb2687403126"
 TIMESTAMP = "2026-01-01T00:00:00.000Z"  # fixed, so responses are reproducible
 CHUNK = 256 * 1024
 AUTH_FAILURES = ("gated", "private", "invalid")
-FAULT_KEYS = ("slow_bytes_per_s", "truncate_after", "truncate_once", "corrupt", "error_5xx")
+FAULT_KEYS = ("slow_bytes_per_s", "uplink_bytes_per_s", "truncate_after", "truncate_once",
+              "corrupt", "error_5xx")
 
 _REPO = r"(?P<repo>[^/]+/[^/]+|[^/]+)"  # "owner/name", or a bare name
 _ROUTES = [  # matched against the still-percent-encoded path, so "refs%2Fpr%2F1" stays one segment
@@ -181,6 +182,9 @@ class HubDouble:
         """Replace the given fault switches (others stay); None resets one. Returns all.
 
         slow_bytes_per_s  int: throttle every file body to this rate (per response)
+        uplink_bytes_per_s int: one rate shared by all file bodies in flight, whatever the
+                          connection (the site's uplink: N hosts downloading at once get
+                          about 1/N of it each); combines with slow_bytes_per_s
         truncate_after    int, or {path or "*": int}: send only this many body bytes of a file
                           response, then close the connection (Content-Length stays the full
                           length, so the client sees a short read)
@@ -200,9 +204,9 @@ class HubDouble:
         for key, value in kw.items():
             if value is None:
                 new[key] = _DEFAULT_FAULTS[key]
-            elif key == "slow_bytes_per_s":
-                if not isinstance(value, int) or value < 1:
-                    raise ValueError("slow_bytes_per_s must be a positive int")
+            elif key in ("slow_bytes_per_s", "uplink_bytes_per_s"):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError(f"{key} must be a positive int")
                 new[key] = value
             elif key == "truncate_after":
                 value = {"*": value} if isinstance(value, int) else dict(value)
@@ -232,6 +236,7 @@ class HubDouble:
         with self._lock:
             self._faults = copy.deepcopy(_DEFAULT_FAULTS)
             self._truncated: set[str] = set()
+            self._uplink_next = 0.0  # when the shared uplink is free again (monotonic)
 
     def faults(self) -> dict:
         with self._lock:
@@ -290,6 +295,19 @@ class HubDouble:
             if cut is not None:
                 self._truncated.add(path)
             return cut, f["slow_bytes_per_s"], f["corrupt"].get(path)
+
+    def _uplink_slot(self, n: int) -> float:
+        """Seconds to wait before sending n more body bytes through the shared uplink: each
+        chunk of every connection books the next n/rate seconds of one common clock, so the
+        sum of all bodies keeps to the rate (an idle uplink saves up no burst)."""
+        with self._lock:
+            rate = self._faults["uplink_bytes_per_s"]
+            if not rate:
+                return 0.0
+            now = time.monotonic()
+            start = max(now, self._uplink_next)
+            self._uplink_next = start + n / rate
+            return self._uplink_next - now
 
     def _resolve_rev(self, rev: str) -> str:
         if rev == self.revision or rev in self.branches:
@@ -357,8 +375,8 @@ class HubDouble:
                 "usedStorage": self.manifest["total_size"], "siblings": siblings}
 
 
-_DEFAULT_FAULTS = {"slow_bytes_per_s": None, "truncate_after": {}, "truncate_once": True,
-                   "corrupt": {}, "error_5xx": {}}
+_DEFAULT_FAULTS = {"slow_bytes_per_s": None, "uplink_bytes_per_s": None, "truncate_after": {},
+                   "truncate_once": True, "corrupt": {}, "error_5xx": {}}
 
 
 def _sha1(text: str) -> str:
@@ -543,8 +561,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, path: str, start: int, end: int, ranged: bool) -> None:
         d = self.double
         cut, rate, bad = d._body_plan(path, end - start)
+        uplink = d.faults()["uplink_bytes_per_s"]
         budget = end - start if cut is None else cut
-        step = CHUNK if not rate else max(1, min(CHUNK, rate // 20))
+        slowest = min(r for r in (rate, uplink, CHUNK * 20) if r)
+        step = max(1, min(CHUNK, slowest // 20))
         sent, t0 = 0, time.monotonic()
         corrupted = False
         try:
@@ -559,6 +579,9 @@ class _Handler(BaseHTTPRequestHandler):
                         chunk = bytearray(chunk)
                         chunk[bad - pos] ^= 0xFF
                         corrupted = True
+                    wait = d._uplink_slot(len(chunk)) if uplink else 0.0
+                    if wait > 0:  # the shared uplink is booked ahead: our turn comes then
+                        time.sleep(wait)
                     self.wfile.write(chunk)
                     sent += len(chunk)
                     if rate:  # sleep until we are back under the rate

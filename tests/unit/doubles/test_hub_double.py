@@ -342,6 +342,26 @@ def test_fault_switches_raw(hub, ckpt, monkeypatch):
     monkeypatch.undo()
     hub.clear_faults()
 
+    # shared uplink: two bodies of 200 KB at once through a 1 MB/s uplink book 0.4 s of one
+    # clock between them (a per-response throttle would ask each for ~0.2 s only)
+    pauses.clear()
+    monkeypatch.setattr(hub_server_module.time, "sleep",
+                        lambda s: pauses.append(s) if threading.current_thread().name != "MainThread" else real_sleep(s))
+    hub.set_faults(uplink_bytes_per_s=1_000_000)
+    url = f"{hub.url}/{REPO}/resolve/{DEFAULT_REVISION}/{SHARDS[0]}"
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(fetch(url, headers={"Range": "bytes=0-199999"})))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [len(b) for _, _, b in got] == [200_000, 200_000]
+    assert max(pauses) >= 0.3, max(pauses)  # the later chunks wait for the other body's too
+    monkeypatch.undo()
+    hub.clear_faults()
+    assert fetch(f"{hub.url}/_double/faults", "POST", data=b'{"uplink_bytes_per_s": 0}')[0] == 400
+
     # bad switches are refused, in Python and over HTTP
     with pytest.raises(ValueError):
         hub.set_faults(corrupt={"nope": 1})

@@ -248,7 +248,7 @@ def test_help_runs_from_the_zip_application(tmp_path):
     r = subprocess.run(["python3", "-S", str(SCRIPT), "--help"], capture_output=True, text=True,
                        cwd=tmp_path, env={"PATH": os.environ["PATH"]})
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("usage: weights.pyz") and "{verify,download,status}" in r.stdout
+    assert r.stdout.startswith("usage: weights.pyz") and "{verify,download,serve,status}" in r.stdout
 
 
 def test_zip_application_is_deterministic_and_follows_its_sources(tmp_path):
