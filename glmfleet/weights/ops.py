@@ -838,8 +838,8 @@ def _peer_receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
 
 @operation()
 def peers_stop(s, manifest: dict):
-    """Stop this run's servers (by the run's token and PID files; server.shell would need the
-    run's state at plan time, which only exists when the run executes)."""
+    """Stop the server this run started here: which hosts serve is known only while the run
+    executes, after pyinfra's plan (server.shell decides at plan time)."""
     if not _executing():
         host.noop("fan-out: decided at run time")
         return
