@@ -13,10 +13,11 @@ runs it (its zip application, `weights.pyz ...` processes). The Hub is the TEST 
                 file read once, written to every receiver) over a link of --controller-mbs
                 (full duplex: a throttle on its reads, another on its writes), and
                 each receiver hashes what it got (`weights.pyz verify`).
-(c) peers:      one host downloads from the Hub; verified hosts serve (`weights.pyz serve`
-                on 127.0.0.x), the others fetch from all of them with aria2
-                (`weights.pyz download --peer ...`), as many at once as there are sources
-                (glmfleet.weights.plan.admit, as the deploy does): the sources double.
+(c) peers:      as the deploy does it: the hosts in rounds (glmfleet.weights.plan.peer_rounds:
+                the seed from the Hub, each round from all hosts of the earlier ones, so the
+                sources double); every source serves (`weights.pyz serve` on 127.0.0.x) each
+                file once verified, and all hosts fetch at once (`weights.pyz download
+                --peer ...`, aria2), each file as soon as their sources hold it.
                 Host-to-host goes over loopback, unthrottled (a site's LAN is usually many
                 times its uplink), but every simulated host shares this machine's cores,
                 and each receiver hashes every byte twice (aria2's sha256, then the tool's
@@ -208,25 +209,18 @@ class Bench:
     def way_peers(self, n: int) -> dict:
         dirs = self.fresh(n)
         servers = []
+        rounds = plan.peer_rounds([], list(range(n)))
         t0 = time.perf_counter()
         try:
-            self.pyz(*self.download(dirs[0]))
-            sources = [self.serve(dirs[0], 0)]
-            servers.append(dirs[0])
-            waiting, running = list(range(1, n)), {}
-            while waiting or running:
-                while waiting and plan.admit(len(running), len(sources)):
-                    i = waiting.pop(0)
-                    running[i] = self.pyz(*self.download(dirs[i], list(sources)), background=True)
-                for i, p in list(running.items()):
-                    if p.poll() is not None:
-                        if p.returncode:
-                            raise SystemExit(f"peer download failed: {p.stderr.read()[-800:]}")
-                        del running[i]
-                        if waiting:  # as the deploy: a finished host serves if anyone waits
-                            sources.append(self.serve(dirs[i], i))
-                            servers.append(dirs[i])
-                time.sleep(0.02)
+            urls = {}
+            for i in sorted({i for srcs in rounds.values() for i in srcs}):
+                urls[i] = self.serve(dirs[i], i)
+                servers.append(dirs[i])
+            procs = {i: self.pyz(*self.download(dirs[i], [urls[j] for j in rounds[i]]),
+                                 background=True) for i in range(n)}
+            for i, p in procs.items():
+                if p.wait():
+                    raise SystemExit(f"download on host {i} failed: {p.stderr.read()[-800:]}")
             wall = time.perf_counter() - t0
         finally:
             for d in servers:

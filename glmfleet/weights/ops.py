@@ -12,9 +12,10 @@ application, bin/weights.pyz: glmfleet/weights/toolapp.py), run ON the host as a
 3. start `download --detach` (or attach to a job already running: exit 3 / the fact says
    so) and poll `status --wait N` until it ends, logging bytes (partial files included),
    rate and ETA per host, and a total line for the fleet;
-4. with weights_fanout, only one host (the seed) fetches from the Hub. Then, with
-   weights_fanout_via="peers" (section 5 below), the verified hosts serve the others over
-   the site network and no weight byte crosses the controller; with "controller", the
+4. with weights_fanout, only one host (the seed) fetches from the Hub. With
+   weights_fanout_via="peers" (section 5 below), every host serves the others over the site
+   network each file it has verified, all fetch at once, and no weight byte crosses the
+   controller; with "controller", after the seed's download, the
    first verified host (the source) copies what each receiver lacks over SSH through the
    controller, reading every file once for all receivers, and each receiver hashes every
    copied file (`verify`), falling back to the Hub for anything that does not match. The
@@ -141,10 +142,9 @@ class _Run:
         self.bundles: dict[str, hostbundle.Bundle] = {}  # host -> its Python packages
         # host-to-host fan-out (weights_fanout_via = "peers")
         self.peer_token: str | None = None       # the run's token for the hosts' servers
-        self.sources: list[tuple[str, str]] = []  # (host, base URL) serving, oldest first
+        self.rounds: dict[str, list[str]] | None = None  # host -> its sources (plan.peer_rounds)
+        self.urls: dict[str, str] = {}           # host -> base URL of its running server
         self.serving: set[str] = set()           # hosts whose server this run started
-        self.receiving = 0                       # hosts fetching from the sources right now
-        self.waiting: set[str] | None = None     # receivers not started yet (set on first use)
 
 
 def _run(state) -> _Run:
@@ -490,6 +490,9 @@ def fetch(s, manifest: dict):
         return
     running = plan.job_running(look)
     if s.weights_fanout and not running and _executing():
+        if s.weights_fanout_via == "peers":
+            host.noop("fan-out: fetched in the host-to-host step")
+            return
         r = _run(host.state)
         group = _group(host.state, s)
         seed = plan.pick_seed(group, r.verified, r.running)
@@ -703,19 +706,38 @@ def _receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
     return job.failed(plan.job_failure(st))
 
 
-# ---- 5. fan-out host to host: verified hosts serve, the others fetch from all of them --------
+# ---- 5. fan-out host to host: every host serves what it has verified, the others fetch -------
 #
-# weights_fanout_via = "peers": every host holding verified weights serves them on the site
-# network (weights.pyz serve: the manifest's files only, range requests, the run's token) at
-# site_address:weights_peer_port; the others fetch each file from all current sources at once
-# with aria2 and hash it as a Hub download. As many hosts fetch at once as there are sources,
-# and each one that finishes serves too, so the sources double each round. The controller
-# starts and stops things; no weight byte crosses it. The servers stop when the exchange ends
-# (and by themselves after a while without requests, should the controller go away).
+# weights_fanout_via = "peers": the hosts of a group are put in rounds (plan.peer_rounds):
+# one seed fetches from the Hub (none when a host holds the weights already), each later
+# round fetches from all hosts of the earlier ones, so the sources double each round. Every
+# host that is someone's source serves (weights.pyz serve: verified files only, range
+# requests, the run's token) at site_address:weights_peer_port from the start, each file as
+# soon as it has verified it, and all hosts fetch at once: a file moves down the rounds
+# while the seed still fetches the next ones (hostside/peers.py). The controller starts and
+# stops things; no weight byte crosses it. The servers stop when the exchange ends (and by
+# themselves after a while without requests, should the controller go away).
 
 def _peer_address(h, s) -> str:
     """The address the other hosts reach this one at: site_address, else the inventory's."""
     return s.site_address or str(h.data.get("ssh_hostname") or h.name)
+
+
+def _failed_here(state) -> set[str]:
+    return {n for n, st in runctx.run_for(state).stages.items()
+            if (st.get(STAGE) or ("",))[0] == "FAIL"}
+
+
+def _rounds(state, s) -> dict[str, list[str]]:
+    """The run's rounds, decided once, when the first host asks (all hosts have been
+    checked by then: the verified ones are the first sources)."""
+    r = _run(state)
+    if r.rounds is None:
+        group, failed = _group(state, s), _failed_here(state)
+        holders = [h for h in group if h in r.verified]
+        needing = [h for h in group if h not in r.verified and h not in failed]
+        r.rounds = plan.peer_rounds(holders, needing) if needing else {}
+    return r.rounds
 
 
 @operation()
@@ -732,24 +754,23 @@ def peer_tools(s, manifest: dict):
 
 @operation()
 def peers_serve(s, manifest: dict):
-    """Verified hosts serve their files to the others (no pyinfra operation runs a server for
-    the length of a stage): started with a per-run token on stdin, never on a command line."""
+    """The hosts that are some host's source serve their verified files from now on (no
+    pyinfra operation runs a server for the length of a stage): started with a per-run token
+    on stdin, never on a command line."""
     if not _executing():
         host.noop("fan-out: decided at run time")
         return
-    r = _run(host.state)
-    if host.name not in r.verified:
-        host.noop("fan-out: not verified yet: serves once it is")
-        return
-    if not set(_group(host.state, s)) - r.verified:
-        host.noop("fan-out: every host of the group is verified: nothing to serve")
+    rounds = _rounds(host.state, s)
+    if not any(host.name in srcs for srcs in rounds.values()):
+        host.noop("fan-out: nobody fetches from this host" if rounds else
+                  "fan-out: every host of the group is verified: nothing to serve")
         return
     yield FunctionCommand(_serve_start, (s,), {})
 
 
 def _serve_start(state, host, s) -> bool:  # noqa: F811
-    """Start this (verified) host's server and add it to the sources. A host that cannot
-    serve only says so: it is verified, and the others use the remaining sources."""
+    """Start this host's server. A host that cannot serve only says so: the others use the
+    remaining sources (and the Hub for what none of them has)."""
     h, r = host, _run(state)
     paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
     address = _peer_address(h, s)
@@ -777,16 +798,18 @@ def _serve_start(state, host, s) -> bool:  # noqa: F811
         return True
     url = plan.peer_url(address, s.weights_peer_port)
     r.serving.add(h.name)
-    r.sources.append((h.name, url))
+    r.urls[h.name] = url
+    held = "the verified weights" if h.name in r.verified else "each file once verified here"
     _log(h, f"fan-out: serving the verified weights to the other hosts at {url} "
-            f"(pid {result.get('pid')}; {len(r.sources)} source(s) now)")
+            f"(pid {result.get('pid')}; {held})")
     return True
 
 
 @operation()
 def peers_receive(s, manifest: dict):
-    """Rounds of host-to-host fetches decided at run time as sources finish (no pyinfra
-    equivalent): aria2 from every current source, then our own hash of every file."""
+    """Every host of the group that needs the weights fetches at once, the seed from the
+    Hub, the others from their sources as these come to hold each file (no pyinfra
+    equivalent): aria2 from all of them, then our own hash of every file."""
     if not _executing():
         host.noop("fan-out: decided at run time")
         return
@@ -801,39 +824,27 @@ def peers_receive(s, manifest: dict):
 
 
 def _peer_receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
-    """Wait for a turn (plan.admit), fetch from every current source (the rest from the
-    Hub), then serve too."""
     h, r = host, _run(state)
-    if r.waiting is None:
-        failed = {n for n, st in runctx.run_for(state).stages.items()
-                  if (st.get(STAGE) or ("",))[0] == "FAIL"}
-        r.waiting = set(_group(state, s)) - r.verified - failed
-    while r.sources and not plan.admit(r.receiving, len(r.sources)):
-        gevent.sleep(0.2)  # another host finishing adds a source or frees a turn
-    r.waiting.discard(h.name)
-    sources = list(r.sources)
-    names = tuple(n for n, _ in sources)
-    if sources:
-        _log(h, f"fan-out: fetching from {len(sources)} host(s): {', '.join(names)}")
+    rounds = _rounds(state, s)
+    names = tuple(n for n in rounds.get(h.name, ()) if n in r.urls)
+    if h.name in rounds and not rounds[h.name]:
+        _log(h, f"fan-out: this host fetches from the Hub for the group ({len(rounds)} host(s)) "
+                "and serves each file on once verified")
+    elif names:
+        _log(h, f"fan-out: fetching from {len(names)} host(s): {', '.join(names)} (each file "
+                "once they hold it)")
     else:
         _log(h, "fan-out: no host serves the weights: fetching from the Hub")
     job = _Job(state, h, s, manifest)
-    r.receiving += 1
     try:
-        try:
-            st = job.run("download", tuple(url for _, url in sources))
-        except _JobFailed as e:
-            return job.failed(str(e))
-        except Exception as e:
-            return job.failed(_lost(e))
-        if not plan.job_succeeded(st):
-            return job.failed(plan.job_failure(st))
-        job.passed(st, peers=names if job.peer_bytes else ())
-        if r.waiting:
-            _serve_start(state, h, s)  # a source for the hosts still waiting
-        return True
-    finally:
-        r.receiving -= 1
+        st = job.run("download", tuple(r.urls[n] for n in names))
+    except _JobFailed as e:
+        return job.failed(str(e))
+    except Exception as e:
+        return job.failed(_lost(e))
+    if not plan.job_succeeded(st):
+        return job.failed(plan.job_failure(st))
+    return job.passed(st, peers=names if job.peer_bytes else ())
 
 
 @operation()

@@ -166,11 +166,26 @@ def serve_stop_command(p: HostPaths) -> str:
     return f"python3 {q(p.script)} serve --dir {q(p.weights_dir)} --stop"
 
 
-def admit(receiving: int, sources: int) -> bool:
-    """May one more host start fetching from the peers? As many receivers at once as there
-    are sources: each finished receiver becomes a source, so the sources double each round
-    and no source's link is shared by more than about one receiver's worth of segments."""
-    return receiving < max(1, sources)
+def peer_rounds(holders: list[str], needing: list[str]) -> dict[str, list[str]]:
+    """Who fetches from whom: needing host -> its sources (hosts of earlier rounds, oldest
+    first); the seed, when no host holds the weights yet, maps to [] (it fetches from the
+    Hub). Each round takes as many receivers as there are sources, and all of them serve the
+    next rounds, so the sources double each round. Rounds do not wait for each other: every
+    host serves each file as soon as it verified it, and a receiver takes a file once all of
+    its sources still fetching have it (hostside/peers.py), so a file travels down the
+    rounds while the seed is still fetching the next ones."""
+    out: dict[str, list[str]] = {}
+    sources, todo = list(holders), list(needing)
+    if not sources and todo:
+        seed = todo.pop(0)
+        out[seed] = []
+        sources = [seed]
+    while todo:
+        batch, todo = todo[:len(sources)], todo[len(sources):]
+        for h in batch:
+            out[h] = list(sources)
+        sources += batch
+    return out
 
 
 def bundle_install_command(p: HostPaths, digest: str, upload: str, import_check: str,

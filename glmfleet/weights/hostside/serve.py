@@ -13,9 +13,14 @@ every GPU host for the few minutes of a fan-out. Bodies go out with sendfile(2),
 server costs little CPU.
 
 Requests: GET or HEAD /<revision>/<path> with `Authorization: Bearer <token>`; one range
-(`a-b`, `a-`, `-n`) gives 206 with Content-Range. Only hosts whose weights are verified at
-the manifest's revision serve (VERIFIED is checked at start), and a file whose size is not
-the manifest's is refused (404), so a truncated copy is never handed out. A server that
+(`a-b`, `a-`, `-n`) gives 206 with Content-Range. Only verified files are served: all of
+them once the weights are verified at the manifest's revision (VERIFIED), and before that,
+while this host is still fetching, each file whose hash the tool checked against the
+manifest at this revision and that is unchanged since (the hash cache's identity: size,
+mtime, inode). So a host serves each file as soon as it has verified it, and a file
+arriving, half-written or unchecked is never handed out (404). GET /<revision>/ answers what
+this host holds now, for the receivers (hostside/peers.py): {"files": [...], "complete",
+"growing": its own fetch is still under way, "progress": its bytes so far}. A server that
 nobody asks for anything during --max-idle seconds stops by itself (a controller that died
 mid-deploy leaves no server behind for long). One server per weights dir (a lock file).
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import fcntl
 import hmac
+import json
 import os
 import re
 import signal
@@ -33,10 +39,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-from .common import (EXIT_OK, BusyError, LocalError, Paths, UsageError, log, read_marker,
-                     write_json_atomic)
+from .common import (EXIT_OK, BusyError, LocalError, Paths, UsageError, expected_hash, log,
+                     read_json, read_marker, write_json_atomic)
+from .jobs import lock_holder
+from .verify import identity
 
 SEND_CHUNK = 8 << 20  # per sendfile call: a dead receiver is noticed between calls
+# A server is started just before its host's own fetch: until that job runs (or if it never
+# starts), the host counts as still fetching for this long.
+START_GRACE_S = 120.0
 
 
 def read_secret(path: str) -> str:
@@ -82,6 +93,9 @@ class WeightsServer(ThreadingHTTPServer):
         self.paths, self.token = paths, token.encode()
         self.revision = manifest["revision"]
         self.files = {e["path"]: e["size"] for e in manifest["files"]}
+        self.hashes = {e["path"]: expected_hash(e) for e in manifest["files"]}
+        self.started = time.time()
+        self._cache_key, self._cache = None, {}
         self.last_activity = time.monotonic()
         self.active = 0
         self.sent = 0
@@ -93,6 +107,50 @@ class WeightsServer(ThreadingHTTPServer):
             self.sent += sent
             self.last_activity = time.monotonic()
 
+    def _checked(self) -> dict:
+        """The hash cache's files (re-read when the fetch job has rewritten it)."""
+        try:
+            st = os.stat(self.paths.cache)
+        except OSError:
+            return {}
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        with self._lock:
+            if key != self._cache_key:
+                doc = read_json(self.paths.cache, {})
+                files = doc.get("files") if isinstance(doc, dict) else None
+                self._cache_key, self._cache = key, files if isinstance(files, dict) else {}
+            return self._cache
+
+    def holds(self, rel: str, st=None, complete: bool | None = None) -> bool:
+        """Is this file verified here (see the module's docstring)? st: its stat, if taken."""
+        try:
+            st = st or os.stat(self.paths.file(rel))
+        except OSError:
+            return False
+        if st.st_size != self.files[rel]:
+            return False
+        if complete if complete is not None else read_marker(self.paths) == self.revision:
+            return True
+        entry = self._checked().get(rel)
+        algo, want = self.hashes[rel]
+        return (isinstance(entry, dict) and entry.get("revision") == self.revision
+                and entry.get(algo) == want and entry.get("identity") == identity(st))
+
+    def index(self) -> dict:
+        verified = read_marker(self.paths) == self.revision
+        files = sorted(rel for rel in self.files if self.holds(rel, complete=verified))
+        complete = len(files) == len(self.files)
+        state = read_json(self.paths.state_file, {}) or {}
+        if complete:
+            growing = False
+        elif lock_holder(self.paths)[0]:
+            growing = True
+        else:  # no job now: still fetching only if none ended since this server started
+            ended = float(state.get("finished_at") or 0) >= self.started
+            growing = not ended and time.time() - self.started < START_GRACE_S
+        return {"revision": self.revision, "files": files, "complete": complete,
+                "growing": growing, "progress": state.get("bytes_done")}
+
 
 class Handler(BaseHTTPRequestHandler):
     server: WeightsServer
@@ -100,14 +158,27 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "glmfleet-weights"
     sys_version = ""
 
-    def log_message(self, fmt, *args):  # one line per request into the tool's log
-        log.info("serve: %s %s", self.client_address[0], fmt % args)
+    quiet = False  # the receivers' frequent looks at the index stay out of the log
+
+    def log_message(self, fmt, *args):  # one line per file request into the tool's log
+        if not self.quiet:
+            log.info("serve: %s %s", self.client_address[0], fmt % args)
 
     def _refuse(self, status: int, text: str) -> None:
         body = (text + "\n").encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, doc: dict) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -121,6 +192,7 @@ class Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         srv = self.server
         srv.busy(+1)
+        self.quiet = False
         sent = 0
         try:
             given = self.headers.get("Authorization", "")
@@ -130,6 +202,9 @@ class Handler(BaseHTTPRequestHandler):
             path = unquote(urlsplit(self.path).path)
             prefix = f"/{srv.revision}/"
             rel = path[len(prefix):] if path.startswith(prefix) else None
+            if rel == "":
+                self.quiet = True
+                return self._json(srv.index())
             if rel not in srv.files:
                 return self._refuse(404, "not a file of this revision")
             size = srv.files[rel]
@@ -138,8 +213,8 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 return self._refuse(404, "not here")
             with f:
-                if os.fstat(f.fileno()).st_size != size:
-                    return self._refuse(404, "this host's copy does not have the manifest's size")
+                if not srv.holds(rel, os.fstat(f.fileno())):
+                    return self._refuse(404, "not verified on this host (yet)")
                 rng = parse_range(self.headers.get("Range"), size)
                 if rng == "unsatisfiable":
                     self.send_response(416)
@@ -184,11 +259,8 @@ def serve_lock(paths: Paths) -> int:
 
 
 def open_server(args, paths: Paths, manifest: dict) -> WeightsServer:
-    """Check that this host may serve, then bind (in the caller, so a port in use or a wrong
-    address is reported at once, not from the daemon)."""
-    if read_marker(paths) != manifest["revision"]:
-        raise UsageError(f"the weights in {paths.dir} are not verified at {manifest['revision']}: "
-                         "only verified weights are served")
+    """Read the token, then bind (in the caller, so a port in use or a wrong address is
+    reported at once, not from the daemon)."""
     token = read_secret(args.token_file)
     try:
         return WeightsServer((args.bind, args.port), paths, manifest, token)

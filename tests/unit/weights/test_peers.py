@@ -128,8 +128,13 @@ def test_serves_only_the_manifests_files_with_the_token_and_ranges(env, server):
     status, headers, body = get(f"{base}/{SHARDS[0]}", method="HEAD")
     assert status == 200 and headers["Content-Length"] == str(size) and body == b""
     # nothing but the manifest's files: not the state dir, not another revision, no ../
-    for path in (".glmfleet/manifest.json", "../../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", ""):
+    for path in (".glmfleet/manifest.json", "../../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd"):
         assert get(f"{base}/{path}")[0] == 404, path
+    status, _, body = get(f"{base}/")  # what it holds, for the receivers
+    index = json.loads(body)
+    assert status == 200 and index["files"] == sorted(f["path"] for f in env["manifest"]["files"])
+    assert index["complete"] and not index["growing"]
+    assert get(f"{base}/", token=None)[0] == 401
     assert get(f"{url}/{'0' * 40}/{SHARDS[0]}")[0] == 404
     # a copy whose size is not the manifest's is not handed out
     with open(d / SHARDS[1], "r+b") as f:
@@ -143,15 +148,42 @@ def test_serves_only_the_manifests_files_with_the_token_and_ranges(env, server):
     assert f"{env['tool'].name} serve" in ps and TOKEN not in ps
 
 
-def test_serve_refuses_unverified_weights_and_unsafe_token_files(env, tmp_path):
+def index(url):
+    status, _, body = get(f"{url}/{DEFAULT_REVISION}/")
+    assert status == 200
+    return json.loads(body)
+
+
+def test_serve_hands_out_verified_files_only_and_refuses_unsafe_token_files(env, server, tmp_path):
+    """A host still fetching serves each file once its hash matched the manifest here and it
+    is unchanged since (the hash cache's record); nothing else."""
     d = tmp_path / "plain"
     shutil.copytree(env["repo"], d)
     (d / ".glmfleet").mkdir()
     shutil.copy(env["mfile"], d / ".glmfleet" / "manifest.json")
-    p = pyz(env, "serve", "--dir", d, "--bind", "127.0.0.1", "--port", free_port("127.0.0.1"),
-            "--token-file", env["tok"], "--detach", check=False)
-    assert p.returncode == 2 and "not verified" in p.stdout
-    pyz(env, "verify", "--dir", d)
+    port = free_port("127.0.0.1")
+    out = pyz(env, "serve", "--dir", d, "--bind", "127.0.0.1", "--port", port,
+              "--token-file", env["tok"], "--detach")
+    assert json.loads(out.stdout.splitlines()[-1])["status"] == "started"
+    url = f"http://127.0.0.1:{port}"
+    try:
+        first = index(url)
+        assert first["files"] == [] and not first["complete"]
+        assert first["growing"]  # just started: its host's own fetch is about to begin
+        assert get(f"{url}/{DEFAULT_REVISION}/{SHARDS[0]}")[0] == 404  # there, never checked
+        pyz(env, "verify", "--dir", d)
+        assert index(url)["complete"] and get(f"{url}/{DEFAULT_REVISION}/{SHARDS[0]}")[0] == 200
+        # the hash cache alone (no VERIFIED, as while a download runs): files unchanged since
+        # their check are served; one touched since is not
+        (d / ".glmfleet" / "VERIFIED").unlink()
+        os.utime(d / SHARDS[1])
+        now = index(url)
+        assert SHARDS[0] in now["files"] and SHARDS[1] not in now["files"]
+        assert not now["complete"] and not now["growing"]  # its last job ended: nothing more comes
+        assert get(f"{url}/{DEFAULT_REVISION}/{SHARDS[0]}")[0] == 200
+        assert get(f"{url}/{DEFAULT_REVISION}/{SHARDS[1]}")[0] == 404
+    finally:
+        pyz(env, "serve", "--dir", d, "--stop")
     loose = tmp_path / "loose"
     loose.write_text(TOKEN)
     loose.chmod(0o644)
@@ -193,6 +225,60 @@ def test_fetch_from_all_sources_a_bad_copy_is_caught_and_fetched_from_another(en
 
 
 @needs_aria2
+def test_a_receiver_follows_a_source_that_is_still_fetching(env, tmp_path):
+    """The source holds two shards verified and is still fetching (its server just started:
+    counts as fetching); the receiver takes what it holds, waits for the third shard, and
+    takes it once the source has verified it."""
+    src = tmp_path / "src"
+    shutil.copytree(env["repo"], src)
+    late = src / SHARDS[2]
+    held = late.read_bytes()
+    late.unlink()
+    (src / ".glmfleet").mkdir()
+    shutil.copy(env["mfile"], src / ".glmfleet" / "manifest.json")
+    assert pyz(env, "verify", "--dir", src, check=False).returncode == 1  # one file missing
+    port = free_port("127.0.0.4")
+    pyz(env, "serve", "--dir", src, "--bind", "127.0.0.4", "--port", port, "--token-file",
+        env["tok"], "--detach")
+    url = f"http://127.0.0.4:{port}"
+    try:
+        assert index(url)["growing"]
+        dest = tmp_path / "dst"
+        args = ["download", "--dir", dest, "--manifest", env["mfile"], "--endpoint",
+                "http://127.0.0.1:9", "--peer-token-file", env["tok"], "--peer", url]
+        p = subprocess.Popen([sys.executable, str(env["tool"]), *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log = dest / ".glmfleet" / "weights.log"
+        for _ in range(600):  # up to 60 s for the first files to arrive
+            if (dest / SHARDS[0]).exists() and (dest / SHARDS[1]).exists():
+                break
+            assert p.poll() is None, p.communicate()[0]
+            subprocess.run(["sleep", "0.1"])
+        assert not (dest / SHARDS[2]).exists() and p.poll() is None  # waiting for it
+        late.write_bytes(held)
+        pyz(env, "verify", "--dir", src)  # the source has it now, verified
+        assert p.wait(timeout=60) == 0, p.communicate()[0]
+    finally:
+        pyz(env, "serve", "--dir", src, "--stop")
+    st = json.loads((dest / ".glmfleet" / "state.json").read_text())
+    total = sum(f["size"] for f in env["manifest"]["files"])
+    assert st["peer_bytes"] == total and st["fetched_bytes"] == 0
+    text = log.read_text()
+    assert text.count("round 1: ") >= 2 and "round 1: 1 of 1 file(s)" in text, text[-2000:]
+
+
+def test_a_file_is_taken_once_every_source_still_fetching_has_it():
+    a, b, c = "http://a/r", "http://b/r", "http://c/r"
+    x, y = {"path": "x", "size": 1}, {"path": "y", "size": 1}
+    views = {a: {"files": {"x", "y"}, "growing": False}, b: {"files": {"x"}, "growing": True},
+             c: {"files": set(), "growing": False}}  # c's own fetch ended without them
+    assert P.ready_files([x, y], views) == [(x, [a, b])]  # y: b is still getting it
+    views[b]["growing"] = False  # b's fetch ended without y: a alone serves it
+    assert P.ready_files([x, y], views) == [(x, [a, b]), (y, [a])]
+    assert P.ready_files([x], {b: {"files": set(), "growing": True}}) == []
+
+
+@needs_aria2
 def test_what_no_source_delivers_comes_from_the_hub(env, tmp_path):
     dead = f"http://127.0.0.3:{free_port('127.0.0.3')}"
     with HubDouble(env["repo"]) as hub:
@@ -208,7 +294,7 @@ def test_what_no_source_delivers_comes_from_the_hub(env, tmp_path):
 def test_aria2_gets_the_token_on_stdin_only():
     entries = [{"path": "a b/x.safetensors", "size": 5, "sha256": "0" * 64},
                {"path": "config.json", "size": 2, "git_sha1": "1" * 40}]
-    text = P.aria2_input(entries, ["http://h1:1/r", "http://h2:1/r"], TOKEN)
+    text = P.aria2_input([(e, ["http://h1:1/r", "http://h2:1/r"]) for e in entries], TOKEN)
     lines = text.splitlines()
     assert lines[0] == "http://h1:1/r/a%20b/x.safetensors\thttp://h2:1/r/a%20b/x.safetensors"
     assert "  checksum=sha-256=" + "0" * 64 in lines and "  out=config.json" in lines
@@ -234,18 +320,17 @@ def test_commands_carry_token_file_names_never_tokens():
     assert plan.peer_url("gpu-01.site", 7480) == "http://gpu-01.site:7480"
 
 
-@pytest.mark.parametrize("n, rounds", [(2, 1), (3, 2), (4, 2), (8, 3), (9, 4)])
-def test_admission_doubles_the_sources_each_round(n, rounds):
-    """One seed; as many receivers at once as sources; each finished one serves too."""
-    sources, waiting, done_rounds = 1, n - 1, 0
-    while waiting:
-        admitted = 0
-        while waiting and plan.admit(admitted, sources):
-            admitted += 1
-            waiting -= 1
-        sources += admitted
-        done_rounds += 1
-    assert done_rounds == rounds
+def test_rounds_double_the_sources():
+    """One seed from the Hub; each round as many receivers as there are sources, fetching
+    from all of them; a host that holds the weights already is a source from the start."""
+    hosts = [f"h{i}" for i in range(8)]
+    r = plan.peer_rounds([], hosts)
+    assert r["h0"] == [] and r["h1"] == ["h0"]
+    assert r["h2"] == r["h3"] == ["h0", "h1"]
+    assert r["h4"] == r["h7"] == ["h0", "h1", "h2", "h3"]
+    assert plan.peer_rounds(["v"], ["a", "b", "c"]) == {"a": ["v"], "b": ["v", "a"], "c": ["v", "a"]}
+    assert plan.peer_rounds([], ["only"]) == {"only": []}
+    assert plan.peer_rounds(["v"], []) == {}
 
 
 def test_progress_names_the_sources():
