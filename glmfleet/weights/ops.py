@@ -142,7 +142,7 @@ class _Run:
         self.bundles: dict[str, hostbundle.Bundle] = {}  # host -> its Python packages
         # host-to-host fan-out (weights_fanout_via = "peers")
         self.peer_token: str | None = None       # the run's token for the hosts' servers
-        self.rounds: dict[str, list[str]] | None = None  # host -> its sources (plan.peer_rounds)
+        self.rounds: dict[tuple, dict] = {}      # checkpoint -> {host: its sources} (plan.peer_rounds)
         self.urls: dict[str, str] = {}           # host -> base URL of its running server
         self.serving: set[str] = set()           # hosts whose server this run started
 
@@ -729,15 +729,16 @@ def _failed_here(state) -> set[str]:
 
 
 def _rounds(state, s) -> dict[str, list[str]]:
-    """The run's rounds, decided once, when the first host asks (all hosts have been
-    checked by then: the verified ones are the first sources)."""
+    """The rounds of this host's group (one per checkpoint), decided once, when its first
+    host asks (all hosts have been checked by then: the verified ones are the first sources)."""
     r = _run(state)
-    if r.rounds is None:
+    key = (s.model_repo, s.model_revision)
+    if key not in r.rounds:
         group, failed = _group(state, s), _failed_here(state)
         holders = [h for h in group if h in r.verified]
         needing = [h for h in group if h not in r.verified and h not in failed]
-        r.rounds = plan.peer_rounds(holders, needing) if needing else {}
-    return r.rounds
+        r.rounds[key] = plan.peer_rounds(holders, needing) if needing else {}
+    return r.rounds[key]
 
 
 @operation()
