@@ -169,9 +169,13 @@ def test_hub_serves_each_file_once_and_the_controller_carries_no_weight_bytes(si
 
 def test_each_finished_host_serves_the_next_ones(site, first):
     """p-a (first in the inventory) fetched from the Hub; one host from p-a; then the other
-    two from both at once (the sources double; nobody is left to serve after them). Every
+    two from both at once (the sources double; nobody is left to serve after them). The
+    rounds overlapped: p-a served files while its own download was still running. Every
     receiver hashed what it got; the servers stopped when the exchange ended."""
     out = first["out"]
+    log = (sdir(site.hosts["p-a"]) / "weights.log").read_text().splitlines()
+    end = next(i for i, ln in enumerate(log) if "download finished with exit code 0" in ln)
+    assert any('serve: ' in ln and '"GET /' in ln for ln in log[:end]), "\n".join(log[-60:])
     assert f"fetched from the Hub: {site.total / 1e6:.1f} MB ({site.total} B)" in summary_line(out, "p-a")
     lines = {n: summary_line(out, n) for n in NAMES[1:]}
     second = [n for n, ln in lines.items() if "from 1 host(s) of the site (p-a): " in ln]

@@ -28,9 +28,11 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import quote
 
 from .common import Paths, expected_hash, human_bytes, log, unlink_quiet
+from .verify import interruptible
 
 ARIA2 = "aria2c"
 MAX_SPLIT = 16
@@ -201,41 +203,57 @@ def fetch_batch(ctx, batch: list, token: str, progress, check_one, buf: int, lab
 def fetch_from_peers(ctx, entries: list, progress, sources: list, token: str, check_one,
                      buf: int) -> list:
     """Fetch entries from the sources (base URLs with the revision) as they come to hold
-    them; returns the entries no source delivered intact. All holders at once first, then
-    each source alone for what failed its check."""
+    them, --downloads files at once (each file on its own, so each one counts and is served
+    on as soon as it is checked); returns the entries no source delivered intact. All
+    holders at once first, then each source alone for what failed its check."""
     if shutil.which(ARIA2) is None:
         log.warning("peers: %s is not installed: fetching from the Hub instead", ARIA2)
         return list(entries)
     look = Sources(sources, token)
-    remaining, failed = list(entries), []
+    remaining, failed, running = list(entries), [], set()
     seen, moved, n_sources = None, time.monotonic(), None
-    while remaining:
-        views = look.look()
-        if len(views) != n_sources:
-            n_sources = len(views)
-            ctx.state.set(sources=n_sources)
-        now_seen = {u: (len(v["files"]), v["growing"], v["progress"]) for u, v in views.items()}
-        if now_seen != seen:
-            seen, moved = now_seen, time.monotonic()
-        if time.monotonic() - moved > STALL_S:
-            log.warning("peers: nothing moved on any source for %d s: not waiting for them", STALL_S)
-            views = {u: {**v, "growing": False} for u, v in views.items()}
-        batch = ready_files(remaining, views)
-        if not batch:
-            if not any(v["growing"] for v in views.values()) and not look.undecided():
-                break  # no source holds or will hold the rest: the Hub
-            time.sleep(POLL_S)
-            continue
-        taken = {e["path"] for e, _ in batch}
-        remaining = [e for e in remaining if e["path"] not in taken]
-        failed += fetch_batch(ctx, batch, token, progress, check_one, buf, "round 1")
+    workers = max(1, ctx.args.downloads)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peer")
+    with interruptible(pool):
+        while remaining or running:
+            for fut in [f for f in running if f.done()]:
+                running.discard(fut)
+                failed += fut.result()
+            batch = []
+            if remaining:
+                views = look.look()
+                if len(views) != n_sources:
+                    n_sources = len(views)
+                    ctx.state.set(sources=n_sources)
+                now_seen = {u: (len(v["files"]), v["growing"], v["progress"]) for u, v in views.items()}
+                if now_seen != seen:
+                    seen, moved = now_seen, time.monotonic()
+                if time.monotonic() - moved > STALL_S:
+                    log.warning("peers: nothing moved on any source for %d s: not waiting for them",
+                                STALL_S)
+                    views = {u: {**v, "growing": False} for u, v in views.items()}
+                batch = ready_files(remaining, views)[:workers - len(running)]
+                if not batch and not running and not look.undecided() \
+                        and not any(v["growing"] for v in views.values()):
+                    break  # no source holds or will hold the rest: the Hub
+                taken = {e["path"] for e, _ in batch}
+                remaining = [e for e in remaining if e["path"] not in taken]
+                for pair in batch:
+                    running.add(pool.submit(fetch_batch, ctx, [pair], token, progress, check_one,
+                                            buf, "round 1"))
+            if running:
+                wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            elif not batch:
+                time.sleep(POLL_S)
     # what failed its check from all holders at once: from each source alone, in turn
-    for n, url in enumerate(sources, 2):
+    n = 1
+    for url in sources:
         if not failed:
             break
         mine = [(e, [url]) for e, us in failed if url in us]
         if not mine or url not in look.views:
             continue
+        n += 1
         for e, _ in mine:  # a copy that failed its check may hold a bad source's bytes
             drop_partial(ctx.paths, e["path"])
         ctx.state.set(sources=1)

@@ -217,9 +217,11 @@ def test_fetch_from_all_sources_a_bad_copy_is_caught_and_fetched_from_another(en
     assert st["peer_bytes"] == total and st["fetched_bytes"] == 0  # nothing from the Hub
     assert (tmp_path / "dst" / ".glmfleet" / "VERIFIED").read_text().strip() == DEFAULT_REVISION
     # the bad copy was caught (aria2's sha256 and ours), then the file came from one source
-    # alone; the other files from all sources in one go
+    # alone; every file was first fetched from all sources holding it, each on its own
     assert f"peers: {SHARDS[1]} from " in log and "Checksum error" in log
-    assert "round 1: " in log and f"of {len(env['manifest']['files'])} file(s)" in log
+    assert log.count("round 1: 1 of 1 file(s)") == len(env["manifest"]["files"]) - 1
+    assert log.count("round 1: 0 of 1 file(s)") == 1
+    assert "round 2: 0 of 1 file(s)" in log and "round 3: 1 of 1 file(s)" in log  # bad, then good
     assert not (tmp_path / "dst" / ".glmfleet" / "incoming").exists()
     assert TOKEN not in log
 
