@@ -19,12 +19,11 @@ runs it (its zip application, `weights.pyz ...` processes). The Hub is the TEST 
                 file once verified, and all hosts fetch at once (`weights.pyz download
                 --peer ...`, aria2), each file as soon as their sources hold it.
                 Host-to-host goes over loopback, unthrottled (a site's LAN is usually many
-                times its uplink), but every simulated host shares this machine's cores,
-                and each receiver hashes every byte twice (aria2's sha256, then the tool's
-                own check): on a small machine the host-to-host rounds are CPU-bound here,
-                where real hosts each have cores of their own. So (c) is pessimistic on few
-                cores; a slower --uplink-mbs shows the ratio of a site whose LAN is further
-                ahead of its uplink.
+                times its uplink), but every simulated host shares this machine's cores
+                (each receiver runs aria2 and hashes every byte): on a small machine the
+                host-to-host part is CPU-bound here, where real hosts each have cores of
+                their own. So (c) is pessimistic on few cores; a slower --uplink-mbs shows
+                the ratio of a site whose LAN is further ahead of its uplink.
 
 Printed per N and way: wall time and bytes per link (the Hub's uplink from the double's
 counters, the controller's link counted by the relay, host to host from the hosts' own
@@ -136,8 +135,9 @@ class Bench:
         hosts = self.work / "hosts"
         shutil.rmtree(hosts, ignore_errors=True)
         dirs = [hosts / f"h{i}" for i in range(n)]
-        for d in dirs:
-            d.mkdir(parents=True)
+        for d in dirs:  # as the deploy leaves a host: the manifest in place, nothing else
+            (d / ".glmfleet").mkdir(parents=True)
+            shutil.copy(self.mfile, d / ".glmfleet" / "manifest.json")
         self.hub.reset_stats()
         self.hub.set_faults(uplink_bytes_per_s=self.args.uplink_mbs << 20)
         return dirs
@@ -212,10 +212,12 @@ class Bench:
         rounds = plan.peer_rounds([], list(range(n)))
         t0 = time.perf_counter()
         try:
-            urls = {}
-            for i in sorted({i for srcs in rounds.values() for i in srcs}):
-                urls[i] = self.serve(dirs[i], i)
-                servers.append(dirs[i])
+            # as the deploy's operation does on all its hosts at once: the servers start
+            # together, then every host's fetch
+            serving = sorted({i for srcs in rounds.values() for i in srcs})
+            starts = {i: self.serve(dirs[i], i, background=True) for i in serving}
+            urls = {i: start() for i, start in starts.items()}
+            servers += [dirs[i] for i in serving]
             procs = {i: self.pyz(*self.download(dirs[i], [urls[j] for j in rounds[i]]),
                                  background=True) for i in range(n)}
             for i, p in procs.items():
@@ -227,14 +229,26 @@ class Bench:
                 self.pyz("serve", "--dir", d, "--stop")
         return {"wall": wall, "hub": self.hub_bytes(), "controller": 0, "lan": self.peer_bytes(dirs[1:])}
 
-    def serve(self, d: Path, i: int) -> str:
+    def serve(self, d: Path, i: int, background=False):
+        """Start host i's server; its URL, or with background a function that waits for the
+        start and returns the URL."""
         address = f"127.0.0.{10 + i}"
         with socket.socket() as s:
             s.bind((address, 0))
             port = s.getsockname()[1]
-        self.pyz("serve", "--dir", d, "--bind", address, "--port", port, "--token-file", self.token,
-                 "--detach")
-        return plan.peer_url(address, port)
+        argv = ("serve", "--dir", d, "--bind", address, "--port", port, "--token-file",
+                self.token, "--detach")
+        url = plan.peer_url(address, port)
+        if not background:
+            self.pyz(*argv)
+            return url
+        p = self.pyz(*argv, background=True)
+
+        def started():
+            if p.wait():
+                raise SystemExit(f"weights.pyz serve failed: {p.stderr.read()[-800:]}")
+            return url
+        return started
 
 
 def main() -> int:

@@ -76,8 +76,8 @@ import time
 from . import jobs
 from .common import (EXIT_OK, BusyError, LocalError, Paths, UsageError, WeightsError, load_manifest,
                      read_json, write_json_atomic)
-from . import serve
-from .download import run_download_job
+# serve (http.server) and download are imported by the commands that use them: every
+# command starts faster (the deploy runs `status` once per poll on every host)
 
 def read_token(args) -> str | None:
     """From --token-file, else $HF_TOKEN. A token file others can read is refused: it would
@@ -116,12 +116,16 @@ def start_job(args, command: str) -> int:
     if command == "download" and args.peer:
         if not args.peer_token_file:
             raise UsageError("--peer needs --peer-token-file (the run's token for the other hosts)")
-        peer_token = serve.read_secret(args.peer_token_file)
+        from .serve import read_secret
+        peer_token = read_secret(args.peer_token_file)
     lock_fd = jobs.acquire_lock(paths)
     if args.manifest and os.path.abspath(args.manifest) != paths.manifest:
         write_json_atomic(paths.manifest, manifest)  # kept next to the weights it describes
     ctx = jobs.JobContext(args, paths, manifest, token, peer_token)
-    work = run_download_job if command == "download" else jobs.run_verify_job
+    if command == "download":
+        from .download import run_download_job as work
+    else:
+        work = jobs.run_verify_job
 
     def run(ready=None, detached=False):
         return jobs.job_main(ctx, command, work, ready, detached)
@@ -138,6 +142,7 @@ def start_job(args, command: str) -> int:
 
 def cmd_serve(args) -> int:
     """Serve the verified files (hostside/serve.py), or stop the server (--stop)."""
+    from . import serve
     paths = Paths(args.dir, args.state_dir)
     if args.stop:
         print(json.dumps(serve.stop_server(paths)))

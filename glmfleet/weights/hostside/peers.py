@@ -1,7 +1,10 @@
 """Fetch files from the other hosts of the site (their `weights.pyz serve`) with aria2:
 every file from all of this host's sources that hold it verified, at once (one connection per
-source, each on its own segment), resumable (aria2's control files in the incoming dir), and
-checked by aria2 against the manifest's sha256 where the Hub publishes one.
+source, each on its own segment) and resumable (aria2's control files in the incoming dir).
+aria2 is not asked for its own sha256 check (`checksum=`): this tool hashes every file
+anyway, and aria2's digest runs several times slower than Python's hashlib, which uses the
+CPU's SHA instructions (measured on the dev VM: 0.4 s against 0.04 s of CPU for 67 MB); on
+313 GB that check alone would hold each host for most of an hour.
 
 The sources may still be fetching themselves (the seed from the Hub, earlier rounds from
 theirs: glmfleet.weights.plan.peer_rounds). Each one answers what it holds verified now
@@ -36,7 +39,7 @@ from .verify import interruptible
 
 ARIA2 = "aria2c"
 MAX_SPLIT = 16
-POLL_S = 0.5        # between two looks at what the sources hold
+POLL_S = 0.2        # between two looks at what the sources hold
 DEAD_AFTER = 5      # looks in a row without an answer: the source is gone
 STALL_S = 600.0     # nothing moved on any source that long: stop waiting for them
 
@@ -47,13 +50,11 @@ def source_url(base: str, revision: str) -> str:
 
 def aria2_input(batch: list, token: str) -> str:
     """aria2's input list: per (entry, its sources), the file's URI on every source
-    (tab-separated: mirrors of one file), where to put it, its sha256 and the token header."""
+    (tab-separated: mirrors of one file), where to put it and the token header."""
     lines = []
     for e, sources in batch:
         lines.append("\t".join(f"{s}/{quote(e['path'])}" for s in sources))
         lines.append(f"  out={e['path']}")
-        if e.get("sha256"):
-            lines.append(f"  checksum=sha-256={e['sha256']}")
         lines.append(f"  header=Authorization: Bearer {token}")
     return "\n".join(lines) + "\n"
 
@@ -69,7 +70,10 @@ def aria2_argv(incoming: str, downloads: int, n_sources: int, parent_pid: int) -
             "--max-file-not-found=1", "--remote-time=false", "--auto-save-interval=5",
             f"--stop-with-process={parent_pid}", "--summary-interval=0",
             "--console-log-level=warn", "--download-result=hide", "--enable-color=false",
-            "--show-console-readout=false"]
+            "--show-console-readout=false",
+            # plain HTTP between the hosts: skip loading the system's CA bundle (~13 ms of
+            # CPU per aria2 run, one run per file)
+            "--ca-certificate=/dev/null"]
 
 
 def incoming_bytes(paths: Paths) -> int:
@@ -212,6 +216,7 @@ def fetch_from_peers(ctx, entries: list, progress, sources: list, token: str, ch
     look = Sources(sources, token)
     remaining, failed, running = list(entries), [], set()
     seen, moved, n_sources = None, time.monotonic(), None
+    views, looked = {}, -POLL_S
     workers = max(1, ctx.args.downloads)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peer")
     with interruptible(pool):
@@ -220,8 +225,9 @@ def fetch_from_peers(ctx, entries: list, progress, sources: list, token: str, ch
                 running.discard(fut)
                 failed += fut.result()
             batch = []
-            if remaining:
-                views = look.look()
+            if remaining and len(running) < workers:
+                if time.monotonic() - looked >= POLL_S:  # else the last answers stand
+                    views, looked = look.look(), time.monotonic()
                 if len(views) != n_sources:
                     n_sources = len(views)
                     ctx.state.set(sources=n_sources)
@@ -243,7 +249,7 @@ def fetch_from_peers(ctx, entries: list, progress, sources: list, token: str, ch
                                             buf, "round 1"))
             if running:
                 wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
-            elif not batch:
+            elif remaining and not batch:
                 time.sleep(POLL_S)
     # what failed its check from all holders at once: from each source alone, in turn
     n = 1
