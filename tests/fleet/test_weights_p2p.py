@@ -274,16 +274,19 @@ def test_a_bad_copy_on_a_source_is_caught_and_fetched_from_another(site, first):
 
 
 def test_a_source_that_dies_mid_transfer_does_not_fail_the_receivers(site, first):
-    """p-b's site link is slowed (tc in its namespace) so its pieces take seconds; its
-    server is killed while p-c and p-d are fetching from it: aria2 takes those pieces from
-    p-a and both receivers verify, with nothing from the Hub."""
+    """Both sources' site links are slowed (tc in their namespaces: p-b's to 1 MB/s, p-a's to
+    4 MB/s), so the exchange takes seconds; p-b's server is killed as soon as it serves a
+    receiver: aria2 takes those pieces from p-a and both receivers verify, with nothing from
+    the Hub."""
     assert first["rc"] == 0
     wdir = "/srv/p2p-dies/GLM"
     _two_sources(site, wdir)
     b = site.hosts["p-b"]
-    tc = ["ip", "netns", "exec", b.netns, "tc", "qdisc"]
-    subprocess.run([*tc, "add", "dev", "eth1", "root", "tbf", "rate", "8mbit", "burst", "64kb",
-                    "latency", "2s"], check=True)
+    shaped = {"p-a": "32mbit", "p-b": "8mbit"}
+    for n, rate in shaped.items():
+        subprocess.run(["ip", "netns", "exec", site.hosts[n].netns, "tc", "qdisc", "add", "dev",
+                        "eth1", "root", "tbf", "rate", rate, "burst", "64kb", "latency", "2s"],
+                       check=True)
     try:
         run = site.pyinfra(wdir=wdir, background=True)
         try:
@@ -291,7 +294,6 @@ def test_a_source_that_dies_mid_transfer_does_not_fail_the_receivers(site, first
             others = {site.hosts[n].site_address for n in ("p-c", "p-d")}
             wait_for(lambda: log.exists() and any(f"serve: {a} " in log.read_text() for a in others),
                      what="p-b serving a receiver")
-            time.sleep(2)  # p-b's pieces take ~20 s now: the deploy logs progress meanwhile
             pid = json.loads((sdir(b, wdir) / "serve.json").read_text())["pid"]
             b.exec(f"kill -9 {int(pid)}")
             out = run.communicate(timeout=300)[0]
@@ -300,7 +302,9 @@ def test_a_source_that_dies_mid_transfer_does_not_fail_the_receivers(site, first
                 run.kill()
                 run.communicate()
     finally:
-        subprocess.run([*tc, "del", "dev", "eth1", "root"], check=False)
+        for n in shaped:
+            subprocess.run(["ip", "netns", "exec", site.hosts[n].netns, "tc", "qdisc", "del",
+                            "dev", "eth1", "root"], check=False)
     assert run.returncode == 0, out[-5000:]
     assert site.served() == {}
     # progress while they fetched: per host, with its sources, and the fleet's total
