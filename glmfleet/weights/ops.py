@@ -175,6 +175,12 @@ def _group(state, s) -> list[str]:
 
 # ---- small helpers ---------------------------------------------------------------------------
 
+def _failed_here(state) -> set[str]:
+    """Hosts whose weights stage has failed in this run."""
+    return {n for n, st in runctx.run_for(state).stages.items()
+            if (st.get(STAGE) or ("",))[0] == "FAIL"}
+
+
 def _executing() -> bool:
     return bool(host.state.is_executing)
 
@@ -673,8 +679,7 @@ def fanout_receive(s, manifest: dict):
     if host.name in r.verified:
         host.noop("verified")
         return
-    recorded = runctx.run_for(host.state).stages.get(host.name, {}).get(STAGE)
-    if recorded and recorded[0] == "FAIL":
+    if host.name in _failed_here(host.state):
         host.noop("failed earlier in this stage")
         return
     yield FunctionCommand(_receive, (s, manifest), {})
@@ -721,11 +726,6 @@ def _receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
 def _peer_address(h, s) -> str:
     """The address the other hosts reach this one at: site_address, else the inventory's."""
     return s.site_address or str(h.data.get("ssh_hostname") or h.name)
-
-
-def _failed_here(state) -> set[str]:
-    return {n for n, st in runctx.run_for(state).stages.items()
-            if (st.get(STAGE) or ("",))[0] == "FAIL"}
 
 
 def _rounds(state, s) -> dict[str, list[str]]:
@@ -817,8 +817,7 @@ def peers_receive(s, manifest: dict):
     if host.name in _run(host.state).verified:
         host.noop("verified")
         return
-    recorded = runctx.run_for(host.state).stages.get(host.name, {}).get(STAGE)
-    if recorded and recorded[0] == "FAIL":
+    if host.name in _failed_here(host.state):
         host.noop("failed earlier in this stage")
         return
     yield FunctionCommand(_peer_receive, (s, manifest), {})

@@ -42,7 +42,7 @@ from urllib.parse import unquote, urlsplit
 from .common import (EXIT_OK, BusyError, LocalError, Paths, UsageError, expected_hash, log,
                      read_json, read_marker, write_json_atomic)
 from .jobs import lock_holder
-from .verify import identity
+from .verify import cached_hash
 
 SEND_CHUNK = 8 << 20  # per sendfile call: a dead receiver is noticed between calls
 # A server is started just before its host's own fetch: until that job runs (or if it never
@@ -134,7 +134,7 @@ class WeightsServer(ThreadingHTTPServer):
         entry = self._checked().get(rel)
         algo, want = self.hashes[rel]
         return (isinstance(entry, dict) and entry.get("revision") == self.revision
-                and entry.get(algo) == want and entry.get("identity") == identity(st))
+                and cached_hash(entry, st, algo) == want)
 
     def index(self) -> dict:
         verified = read_marker(self.paths) == self.revision
