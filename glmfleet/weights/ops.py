@@ -828,8 +828,8 @@ def _peer_receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
     rounds = _rounds(state, s)
     names = tuple(n for n in rounds.get(h.name, ()) if n in r.urls)
     if h.name in rounds and not rounds[h.name]:
-        _log(h, f"fan-out: this host fetches from the Hub for the group ({len(rounds)} host(s)) "
-                "and serves each file on once verified")
+        _log(h, f"fan-out: this host fetches from the Hub for the group ({len(rounds)} host(s))"
+                + (" and serves each file on once verified" if h.name in r.urls else ""))
     elif names:
         _log(h, f"fan-out: fetching from {len(names)} host(s): {', '.join(names)} (each file "
                 "once they hold it)")
