@@ -128,6 +128,9 @@ class Settings:
     gateway_timeout_s: int
     gateway_drain_timeout_s: int
     site_address: str | None
+    # Image cache
+    image_cache_port: int
+    image_cache_upstream: str
 
     def __repr__(self) -> str:
         # Settings travel as operation and function-command arguments, which pyinfra prints
@@ -375,6 +378,9 @@ PARSERS = {
     "gateway_timeout_s": _int(30, 86_400),
     "gateway_drain_timeout_s": _int(0, 86_400),
     "site_address": _optional(_str(_HOSTNAME, "an IP address or host name the other hosts and the gateway can reach")),
+    "image_cache_port": _int(1, 65535),
+    "image_cache_upstream": _str(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?",
+                                 'a registry host[:port] without scheme or path, e.g. "docker.io"'),
 }
 assert set(PARSERS) == {f.name for f in dataclasses.fields(Settings)}
 

@@ -73,7 +73,7 @@ apt_proxy = None  # proxy for all apt traffic on the hosts, e.g. "http://proxy:3
 docker_log_max_size = "100m"  # container log rotation (the recipe's): added to daemon.json (operator's own values win there) and set on the service container
 docker_log_max_file = 5  # container log files kept per container (the recipe's 5), in daemon.json and on the service container
 gpu_check_image = "ubuntu:24.04"  # image for the `docker run --gpus all ... nvidia-smi -L` check (pulled, said so, when missing); None = skip
-registry_mirror = None  # Docker Hub mirror or pull-through cache (e.g. the distribution registry in proxy mode), written to daemon.json's registry-mirrors (Docker uses it for Docker Hub names only); None = daemon.json's registry-mirrors left as they are
+registry_mirror = None  # Docker Hub mirror, written first in daemon.json's registry-mirrors (Docker uses it for Docker Hub names only); None = the inventory's image_cache host when there is one, else daemon.json's registry-mirrors left as they are
 gpu_check_always = False  # False: the GPU container check runs again only when dockerd, the toolkit or gpu_check_image changed since it last ran; True: on every deploy
 
 # --- Weights --------------------------------------------------------------------------------
@@ -97,4 +97,8 @@ gateway_tls_cert = None  # PEM file (certificate + key) on the gateway host: HTT
 gateway_stats_port = 8404  # gateway's HAProxy metrics (/metrics, Prometheus) and stats page (/stats)
 gateway_timeout_s = 900  # idle limit on a client or server connection: covers a long non-streamed generation (OpenAI client waits 600 s)
 gateway_drain_timeout_s = 600  # rollout: wait at most this long for a drained host's in-flight requests before restarting it
-site_address = None  # address the other hosts of the site reach this host at (the gateway for its API, fan-out peers for its weights); None = its SSH hostname
+site_address = None  # address the other hosts of the site reach this host at (the gateway for its API, fan-out peers for its weights, GPU hosts for its image cache); None = its SSH hostname
+
+# --- Image cache (hosts of the `image_cache` inventory group: the site's copy of the image) --
+image_cache_port = 5000  # the cache's registry port at site_address (plain HTTP, read-only): every GPU host's default registry_mirror
+image_cache_upstream = "docker.io"  # registry the cache copies the image from (host[:port]); Docker Hub, as registry-mirrors apply to Docker Hub names only

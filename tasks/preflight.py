@@ -6,7 +6,8 @@ manifest read per run on the controller (it sizes the disk check; when the Hub c
 reached, a host whose weights are verified for the pinned revision goes on with the manifest
 it holds, with a WARN). Once every host is in, runctx prints the readiness table and
 drops the hosts that failed, before any operation of any stage runs. Hosts of the
-`gateway` group get the gateway's checks instead (OS, disk, port, certificate; no GPU).
+`gateway` group get the gateway's checks instead (OS, disk, port, certificate; no GPU), a
+host only in the `image_cache` group the image cache's (OS, disk, port).
 The stage itself: glmfleet.preflight.check; this file hands it the other stages' knowledge.
 """
 
@@ -15,7 +16,7 @@ from pyinfra import host, state
 from glmfleet import preflight, runctx
 from glmfleet.docker import plan as docker_plan
 from glmfleet.docker.facts import DockerHostFacts
-from glmfleet.gateway.plan import is_gateway
+from glmfleet.roles import is_gateway, is_gpu_host
 from glmfleet.weights.manifest import held_manifest
 from glmfleet.weights.ops import keep_held_manifest, manifest_for_run
 
@@ -31,8 +32,9 @@ def docker_conflicts(settings) -> list[str]:
 
 
 settings = runctx.settings()
-if is_gateway(host.groups):
-    preflight.check(gateway=True)
+if not is_gpu_host(host.groups):
+    # a gateway (also when it runs the image cache), or a host running only the image cache
+    preflight.check(gateway=is_gateway(host.groups), image_cache=not is_gateway(host.groups))
 else:
     manifest, manifest_error = manifest_for_run(state, settings)
 

@@ -13,10 +13,10 @@ hosts included, with the SSH reason). Nothing on the hosts changes.
 from pyinfra import host
 
 from glmfleet.gateway.ops import gateway_view, gpu_hosts
-from glmfleet.gateway.plan import is_gateway
+from glmfleet.roles import is_gpu_host
 from glmfleet.service.ops import record_status
 
 # The real State and Host objects (pyinfra's module-level names are context proxies).
-if not is_gateway(host.groups):  # gateway hosts are read through the runtime API instead
+if is_gpu_host(host.groups):  # gateway hosts are read through the runtime API instead
     record_status(host.state, host.state.inventory.get_host(host.name),
                   hosts={h.name for h in gpu_hosts(host.state)}, gateway_view=gateway_view)

@@ -25,7 +25,7 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 from pyinfra.operations import apt
 
-from glmfleet import remote, runctx
+from glmfleet import remote, roles, runctx
 from glmfleet.gateway import plan as gw
 from glmfleet.settings import Settings, SettingsError, validate
 
@@ -87,11 +87,11 @@ def host_settings(state, h) -> Settings | None:
 
 
 def gpu_hosts(state) -> list:
-    return [h for h in state.inventory if not gw.is_gateway(h.groups)]
+    return [h for h in state.inventory if roles.is_gpu_host(h.groups)]
 
 
 def gateway_hosts(state) -> list:
-    return [h for h in state.inventory if gw.is_gateway(h.groups)]
+    return [h for h in state.inventory if roles.is_gateway(h.groups)]
 
 
 def api_address(h, s: Settings) -> str:
@@ -293,9 +293,9 @@ def write_prometheus_targets(state) -> str | None:
         if s is None:
             continue
         path = path or s.prometheus_targets
-        if gw.is_gateway(h.groups):
+        if roles.is_gateway(h.groups):
             gateways[h.name] = f"{h.data.get('ssh_hostname') or h.name}:{s.gateway_stats_port}"
-        else:
+        elif roles.is_gpu_host(h.groups):
             vllm[h.name] = f"{api_address(h, s)}:{s.port}"
     if not path:
         return None

@@ -36,7 +36,6 @@ BACKEND = "vllm"
 FRONTEND = "fleet"
 PACKAGES = ("haproxy", "socat")  # socat: talks to the runtime API socket from a shell
 CHECK_INTERVAL = "2s"  # with fall 2: a dead host is out ~4 s after it stops answering
-GATEWAY_GROUP = "gateway"
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,3 @@ def prometheus_targets(vllm: dict[str, str], gateways: dict[str, str]) -> list[d
             for h, t in sorted(gateways.items())]
     return out
 
-
-def is_gateway(groups) -> bool:
-    """A host of the `gateway` inventory group runs HAProxy, never the GPU stages."""
-    return GATEWAY_GROUP in (groups or ())

@@ -588,13 +588,15 @@ def run_checks(gpu: Mapping[str, Any] | None, host: Mapping[str, Any] | None, se
 GATEWAY_MIN_FREE_GIB = 1.0  # HAProxy and socat with their libraries, logs and state
 
 
-def check_gateway_port(host: Mapping[str, Any], port: int, setting: str) -> Check:
+def check_gateway_port(host: Mapping[str, Any], port: int, setting: str,
+                       own: tuple[str, str] = ("haproxy", "HAProxy")) -> Check:
+    """The port free, or held by the stage's own server (own: its process name, its name)."""
     others = [f"pid {e['pid']} ({e.get('process') or '?'})" if e.get("pid") else "an unknown process"
-              for e in host.get("port_listeners") or [] if e.get("process") != "haproxy"]
+              for e in host.get("port_listeners") or [] if e.get("process") != own[0]]
     if others:
         return Check(setting, FAIL, f"port {port} is taken by " + "; ".join(others),
                      f"stop that process or set {setting} to a free port")
-    return Check(setting, PASS, f"port {port} is free (or HAProxy's own)")
+    return Check(setting, PASS, f"port {port} is free (or {own[1]}'s own)")
 
 
 def check_gateway_disk(host: Mapping[str, Any]) -> Check:
@@ -628,4 +630,27 @@ def run_gateway_checks(host: Mapping[str, Any] | None, settings: Settings,
         checks += [check_os(host, settings), check_gateway_disk(host),
                    check_gateway_port(host, settings.gateway_port, "gateway_port")]
     checks.append(check_gateway_tls(settings, cert_present))
+    return checks
+
+
+# --- image cache hosts (only in the `image_cache` group: a registry, no GPU) --------------
+
+IMAGE_CACHE_WARN_FREE_GIB = 50.0  # a vLLM serving image is tens of GB
+
+
+def run_image_cache_checks(host: Mapping[str, Any] | None, settings: Settings) -> list[Check]:
+    """A host that only runs the image cache needs a supported OS, room for the image under
+    /var/lib and its port: no GPU, Docker or weights checks."""
+    host = host or {}
+    checks = [check_host_facts(host)]
+    if host.get("complete"):
+        disk = check_gateway_disk(host)
+        free = host.get("weights_fs_free_bytes")
+        if disk.status == PASS and free < IMAGE_CACHE_WARN_FREE_GIB * GIB:
+            disk = Check("disk", WARN, f"{gib(free)} free on {host.get('weights_fs_mount') or '?'}: "
+                         "may be too little for the serving image (tens of GB)",
+                         "free space under /var/lib/docker-registry")
+        checks += [check_os(host, settings), disk,
+                   check_gateway_port(host, settings.image_cache_port, "image_cache_port",
+                                      own=("docker-registry", "the image cache"))]
     return checks

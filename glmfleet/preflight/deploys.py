@@ -7,18 +7,20 @@ from pyinfra.facts.files import File
 
 from glmfleet import runctx
 from glmfleet.preflight import HostFacts, gather_preflight_facts
-from glmfleet.preflight.checks import first_failure, preflight_checks, run_gateway_checks, verdict
+from glmfleet.preflight.checks import (first_failure, preflight_checks, run_gateway_checks,
+                                      run_image_cache_checks, verdict)
 
 
 @deploy("preflight.check")
-def check(settings=None, gateway: bool = False, manifest: dict | None = None, manifest_error=None,
+def check(settings=None, gateway: bool = False, image_cache: bool = False, manifest: dict | None = None, manifest_error=None,
           docker_conflicts=(), held_manifest=None) -> None:
     """Gather the host's facts, check them, record the verdict; once every host is in, the
     readiness table is printed and the failed hosts are dropped. settings: a Settings, a
     mapping over the host's data and the defaults, or None.
 
     Handed in by tasks/preflight.py (other stages' knowledge; all optional): gateway (the host
-    gets the gateway's checks), manifest / manifest_error (the pinned revision's file list,
+    gets the gateway's checks), image_cache (the image cache's checks: a host running only
+    that), manifest / manifest_error (the pinned revision's file list,
     for the disk check), docker_conflicts (packages the docker stage would refuse) and
     held_manifest(verified, held) -> the manifest a verified host holds, or None."""
     s = runctx.stage_settings(settings)
@@ -28,6 +30,10 @@ def check(settings=None, gateway: bool = False, manifest: dict | None = None, ma
                  "host": host.get_fact(HostFacts, weights_dir="/var/lib", port=s.gateway_port)}
         cert = host.get_fact(File, path=s.gateway_tls_cert) if s.gateway_tls_cert else None
         checks = run_gateway_checks(facts["host"], s, bool(cert))
+    elif image_cache:
+        facts = {"gpu": {"gpus": []},
+                 "host": host.get_fact(HostFacts, weights_dir="/var/lib", port=s.image_cache_port)}
+        checks = run_image_cache_checks(facts["host"], s)
     else:
         facts = gather_preflight_facts(host, s, manifest)
         raw = facts["host"].pop("weights_held_manifest", None)  # not in the report

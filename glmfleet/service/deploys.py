@@ -23,12 +23,14 @@ def rollout(settings=None, drainer=None) -> None:
 
 
 @deploy("service.pull_early")
-def pull_early(settings=None) -> None:
+def pull_early(settings=None, wait_for=None) -> None:
     """The serving image starts downloading in the background as soon as Docker is up, so
     it comes down while the weights do (glmfleet/service/imagepull.py); rollout waits for it.
-    Skipped on a host whose docker or nvidia_toolkit stage failed in this run."""
+    Skipped on a host whose docker or nvidia_toolkit stage failed in this run. wait_for:
+    (state, host, settings) -> None or (host name, state command, done(lines)): what the pull
+    waits for first (the image cache's copy, handed in by tasks/image_pull.py), or None."""
     runctx.stage_settings(settings)
     stages = runctx.run_for(host.state).stages.get(host.name, {})
     if any(stages.get(stage, ("",))[0] == "FAIL" for stage in ("docker", "nvidia_toolkit")):
         return  # no usable Docker: the service stage refuses this host with the reason
-    ops.pull_start(name="Image: pull started in the background (runs while the weights download)")
+    ops.pull_start(wait_for, name="Image: pull started in the background (runs while the weights download)")

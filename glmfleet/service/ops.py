@@ -557,7 +557,7 @@ class ImagePullState(FactBase):
 
 
 @operation()
-def pull_start():
+def pull_start(wait_for=None):
     """Detached image pull (pyinfra's docker.image pulls in the foreground, blocking the stage).
 
     Started as soon as Docker is up (tasks/image_pull.py), so it runs while the weights
@@ -567,19 +567,21 @@ def pull_start():
     if not due:
         host.noop(why)
         return
-    lead = _pull_lead(host.state, host, s)
+    wait = wait_for(host.state, host, s) if wait_for else None
+    lead = wait[0] if wait else _pull_lead(host.state, host, s)
     if lead is None:
         if host.state.is_executing:
             runctx.echo(f"[{host.name}] pulling {s.image} in the background (log: {imagepull.LOG})")
         yield StringCommand(imagepull.start_command(s.image))
         return
+    what = f"{lead}'s copy into the image cache" if wait else f"{lead}'s pull through {s.registry_mirror}"
     if not host.state.is_executing:
-        yield StringCommand(f"# after {lead}'s pull through {s.registry_mirror}: "
-                            + imagepull.start_command(s.image))
+        yield StringCommand(f"# after {what}: " + imagepull.start_command(s.image))
         return
-    runctx.echo(f"[{host.name}] pulling {s.image} in the background once {lead} has it in the "
-                f"mirror {s.registry_mirror} (each layer from upstream once)")
-    yield FunctionCommand(_follow, (lead, s.image), {})
+    runctx.echo(f"[{host.name}] pulling {s.image} in the background once {what} is done "
+                "(each layer from upstream once)")
+    command, done = wait[1:] if wait else (imagepull.state_command(s.image), _lead_pulled(s.image))
+    yield FunctionCommand(_follow, (lead, s.image, command, done, what), {})
 
 
 # Behind a pull-through cache, the first pull of a layer goes upstream; so do pulls of it that
@@ -597,11 +599,20 @@ def _pull_lead(state, h, s: Settings) -> str | None:
                                         for x in active])
 
 
-class _Follow:
-    """One controller greenlet per lead: waits for its pull, then starts the followers'."""
+def _lead_pulled(image: str):
+    def done(lines) -> bool:
+        st = imagepull.parse_state(lines)
+        return bool(st["image_id"]) or (st["bg_image"] == image and not st["bg_running"])
+    return done
 
-    def __init__(self, state, lead: str, image: str):
+
+class _Follow:
+    """One controller greenlet per lead: waits until done(lines of command on the lead) (its
+    pull, or the image cache's copy), then starts the followers' pulls."""
+
+    def __init__(self, state, lead: str, image: str, command: str, done, what: str):
         self.state, self.lead, self.image = state, lead, image
+        self.command, self.done, self.what = command, done, what
         self.followers: list[str] = []
         self.greenlet = gevent.spawn(self._run)
 
@@ -611,10 +622,9 @@ class _Follow:
         while misses < 5:
             if lead in self.state.failed_hosts:
                 break
-            r = remote.sh(lead, imagepull.state_command(self.image), show=False)
+            r = remote.sh(lead, self.command, show=False)
             misses = 0 if r.ok else misses + 1
-            st = imagepull.parse_state(r.out if r.ok else [])
-            if st["image_id"] or (st["bg_image"] == self.image and not st["bg_running"]):
+            if r.ok and self.done(r.out):
                 break
             gevent.sleep(2)
         gevent.sleep(0)  # followers that joined while the last poll ran are in the list now
@@ -622,15 +632,15 @@ class _Follow:
             r = remote.sh(h, imagepull.state_command(self.image), show=False)
             if r.ok and imagepull.background_due(imagepull.parse_state(r.out), self.image)[0]:
                 remote.sh(h, imagepull.start_command(self.image), show=False)
-                runctx.echo(f"[{h.name}] {self.lead}'s pull is done: pulling {self.image} in the "
+                runctx.echo(f"[{h.name}] {self.what} is done: pulling {self.image} in the "
                             f"background (log: {imagepull.LOG})")
 
 
-def _follow(state, host, lead: str, image: str) -> bool:
+def _follow(state, host, lead: str, image: str, command: str, done, what: str) -> bool:
     """Register this host with its lead's greenlet (started by the first follower)."""
     follows = runctx.per_run(state, "image_follow", lambda _: {})
     if (lead, image) not in follows or follows[(lead, image)].greenlet.dead:
-        follows[(lead, image)] = _Follow(state, lead, image)
+        follows[(lead, image)] = _Follow(state, lead, image, command, done, what)
     follows[(lead, image)].followers.append(host.name)
     return True
 

@@ -34,7 +34,7 @@ GATEWAY = "gw-lb"
 PORT = 8080
 DEPLOY = '''from pyinfra import host, local, state
 from glmfleet.gateway.ops import write_prometheus_targets
-from glmfleet.gateway.plan import is_gateway
+from glmfleet.roles import is_gateway
 gateway = is_gateway(host.groups)
 if not gateway:
     local.include("tasks/service.py")

@@ -1,19 +1,20 @@
-"""Three bare hosts to serving with the image from "Docker Hub" through the site's mirror.
+"""Three bare hosts to serving with the image from "Docker Hub" through the site's image cache.
 
 Docker Hub is stood in for by a registry (Debian's docker-registry, TLS from a test CA) behind
-a throttled link (the site's uplink, Uplink); the site's mirror is the distribution registry
-in proxy mode on one host of the site network (what an operator runs as their pull-through
-cache), and the deploy gets it as registry_mirror. The image is named as on Docker Hub
+a throttled link (the site's uplink, Uplink) that only the cache host can reach. The
+inventory puts tts-c in the `image_cache` group as well: the deploy installs the registry and
+skopeo there from the distribution, copies the image into it from the upstream, and every GPU
+host pulls through it (registry_mirror defaults to it). The image is named as on Docker Hub
 ("glmfleet/serving:1"), which is the only kind of name Docker sends to a mirror.
 
 What the hosts' own logs show (timestamps and lines, never elapsed-time assertions):
-  - the first host's image pull started before its weights download and was still running
-    when it began (/var/log/glmfleet/image-pull.log against <weights_dir>/.glmfleet/weights.log);
-    the other hosts' pulls started once the first had every layer in the mirror;
+  - the cache's copy from upstream started before any weights download, while the hosts
+    installed Docker; the pulls started once the copy was done and did not wait for the
+    weights (/var/log/glmfleet/image-pull.log against <weights_dir>/.glmfleet/weights.log);
   - only the canary compiled (the serving double's "compile cache: miss"); the hosts after it
     booted from the canary's seeded JIT cache ("compile cache: hit");
-  - the layers came through the mirror (the hosts cannot reach the upstream), and the upstream
-    served them for one pull only, not one per host.
+  - the layers came through the cache (the GPU hosts cannot reach the upstream), and the
+    upstream served each blob once for the whole site.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def site(fleet, pyinfra_cli, tmp_path_factory):
         hub_addr = upstream.listen_on(m.gateway)
         digest = upstream.push(hub_addr, "glmfleet/serving", "1", serving_image.tarball())
         uplink = Uplink(m.gateway, hub_addr, 4 * 2**20)  # the site's link to "Docker Hub"
-        mirror = upstream.mirror_in(m, uplink.addr)
+        upstream.trust(m, uplink.addr)  # skopeo reads /etc/docker/certs.d as Docker does
         data = {}
         for name in HOSTS:
             h = fleet[name]
@@ -78,16 +79,19 @@ def site(fleet, pyinfra_cli, tmp_path_factory):
                                   host=h.gateway, port=0).start())
             hubs[-1].set_faults(slow_bytes_per_s=250_000)  # ~8 s per shard: a download to overlap
             data[name] = {**repo.settings(h.gateway), "docker_packages": "distro", "image": IMAGE,
-                          "registry_mirror": mirror, "model_revision": DEFAULT_REVISION, "api_key": "open",
+                          "image_cache_upstream": uplink.addr, "site_address": h.site_address,
+                          "model_revision": DEFAULT_REVISION, "api_key": "open",
                           "hf_endpoint": hubs[-1].url, "weights_dir": WEIGHTS_DIR,
                           "rollout_batch_size": 2, "preflight_report": str(work / "preflight.json"),
                           "prometheus_targets": str(work / "prometheus-targets.json")}
         inventory = fleet.write_inventory(work / "inventory.py", hosts=list(HOSTS), host_data=data)
+        with inventory.open("a") as f:
+            f.write(f"image_cache = [{MIRROR_HOST!r}]\n")  # tts-c also runs the site's image cache
         r = subprocess.run([pyinfra_cli, "-y", str(inventory), "deploy.py"], cwd=REPO,
                            capture_output=True, text=True, timeout=1500)
         (work / "deploy.log").write_text(r.stdout + r.stderr)
         yield {"rc": r.returncode, "log": r.stdout + r.stderr, "upstream": upstream, "manifest": digest,
-               "mirror_host": m, "work": work}
+               "mirror_host": m, "work": work, "uplink": uplink.addr}
     finally:
         for hub in hubs:
             hub.stop()
@@ -100,28 +104,31 @@ def site(fleet, pyinfra_cli, tmp_path_factory):
                 fleet.remove(name)
 
 
-def test_bare_hosts_serve_with_the_image_from_the_mirror(fleet, site):
+def test_bare_hosts_serve_with_the_image_from_the_cache(fleet, site):
     assert site["rc"] == 0, site["log"][-8000:]
+    m = site["mirror_host"]
+    url = f"http://{m.site_address}:{load_defaults()['image_cache_port']}"
     for name in HOSTS:
         assert f"[{name}] service: PASS" in site["log"], site["log"][-6000:]
         daemon = json.loads((fleet[name].root / "etc/docker/daemon.json").read_text())
-        assert daemon["registry-mirrors"][0].startswith("http://")
+        assert daemon["registry-mirrors"][0] == url  # the default: the inventory's image cache
         assert daemon["storage-driver"] == "vfs"  # the operator's own keys kept
-        # the hosts cannot reach the upstream registry: every layer came through the mirror
         info = fleet[name].exec("docker info -f '{{json .RegistryConfig.Mirrors}}'").stdout
-        assert daemon["registry-mirrors"][0].rstrip("/") in info
-    m = site["mirror_host"]
+        assert url in info
+    assert f"[{m.name}] image cache: PASS: copying {IMAGE} from {site['uplink']}" in site["log"]
     fetches = site["upstream"].blob_fetches(m.gateway)
-    served = site["upstream"].dir / f"mirror-{m.name}.log"
-    hosts_served = {ln.split()[0] for ln in served.read_text().splitlines()
-                    if re.search(r'"GET /v2/glmfleet/serving/blobs/', ln)}
-    print(f"upstream blob fetches {fetches}; mirror served blobs to {sorted(hosts_served)}")
+    # The cache's own access log (journald): which site addresses fetched the image's blobs.
+    journal = m.exec("journalctl -u docker-registry --no-pager -o cat").stdout
+    served = {ln.split()[0] for ln in journal.splitlines() if re.search(r'"GET /v2/glmfleet/serving/blobs/sha256:\S+ HTTP/[0-9.]+" 200 ', ln)}
+    print(f"upstream blob fetches {fetches}; the cache served blobs to {sorted(served)}")
     assert len(fetches) == 2  # the serving double's config blob and its one layer
-    assert len(hosts_served) == len(HOSTS)  # each host got its layers from the mirror
-    # Upstream traffic does not grow with the fleet: only the lead's pull reached it. One pull
-    # through distribution 2.8's proxy fetches a blob twice (once to store it, once to serve
-    # that client), so that is the count for the whole fleet: not one per host.
-    assert all(n <= 2 for n in fetches.values()), fetches
+    assert all(n == 1 for n in fetches.values()), fetches  # each from upstream once for the site
+    assert served == {fleet[h].site_address for h in HOSTS}, served  # every host pulled from the cache
+    # the served registry refuses a push: only the deploy's copy writes to it
+    push = m.exec("python3 -c 'import urllib.request as u, urllib.error as e\ntry: u.urlopen(u.Request("
+                  f"\"{url}/v2/glmfleet/serving/blobs/uploads/\", method=\"POST\"))\n"
+                  "except e.HTTPError as x: print(x.code)'").stdout
+    assert push.strip() == "405", push
 
 
 def _times(h) -> dict[str, datetime]:
@@ -133,20 +140,24 @@ def _times(h) -> dict[str, datetime]:
 
 
 def test_the_pull_ran_while_the_weights_downloaded(fleet, site):
-    """The first host (the lead through the mirror) pulled while its weights downloaded; the
-    others started their pulls when the lead's was done, so the mirror had every layer."""
+    """The transfer over the site's uplink (the cache's copy) started right after preflight,
+    while the hosts installed Docker; each host's pull started once the copy was done, without
+    waiting for its weights (from the site's cache it is short, so it may end before the
+    weights stage begins)."""
     assert site["rc"] == 0, site["log"][-8000:]
+    m = site["mirror_host"]
+    copy = (m.root / "var/log/glmfleet/image-cache.log").read_text()
+    copy_start, copy_end = _when(copy, "copy started"), _when(copy, "copy finished: exit 0")
     times = {name: _times(fleet[name]) for name in HOSTS}
+    print(f"copy into the cache {copy_start:%T}-{copy_end:%T}")
     for name, t in times.items():
         print(f"{name}: pull {t['pull_start']:%T}-{t['pull_end']:%T}, "
               f"weights {t['dl_start']:%T}-{t['dl_end']:%T}")
-    lead, *followers = HOSTS
-    t = times[lead]
-    assert t["pull_start"] <= t["dl_start"] < t["pull_end"], (lead, t)  # running when the download began
-    assert f"[{lead}] pulling {IMAGE} in the background (log:" in site["log"]
-    for name in followers:
-        assert times[name]["pull_start"] >= t["pull_end"], (name, times[name], t)
-        assert f"[{name}] {lead}'s pull is done: pulling {IMAGE} in the background" in site["log"]
+    for name, t in times.items():
+        assert copy_start <= t["dl_start"], (name, copy_start, t)
+        assert t["pull_start"] >= copy_end, (name, copy_end, t)
+        assert t["pull_start"] < t["dl_end"], (name, t)  # the pull did not wait for the weights
+        assert f"[{name}] {m.name}'s copy into the image cache is done: pulling {IMAGE} in the background" in site["log"]
 
 
 def test_only_the_canary_compiled(fleet, site):

@@ -152,33 +152,6 @@ class Registry:
                       {"Content-Type": MANIFEST_TYPE}).close()
         return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
-    def mirror_in(self, host, upstream: str, port: int = 5000) -> str:
-        """Run the distribution registry as a pull-through cache (proxy mode) inside ``host``'s
-        network namespace, on its site address, in front of ``upstream`` ("ip:port" of this
-        registry or of an Uplink to it; TLS from the test CA). This is what a site runs as its
-        Docker Hub mirror; returns its URL for registry_mirror (plain HTTP on the site network).
-        Its access log is mirror-<host>.log."""
-        name = f"mirror-{host.name}"
-        config = self.dir / f"{name}.yml"
-        config.write_text(json.dumps({
-            "version": 0.1, "log": {"level": "info", "accesslog": {"disabled": False}},
-            "storage": {"filesystem": {"rootdirectory": str(self.dir / f"{name}-storage")}},
-            "http": {"addr": f"{host.site_address}:{port}"},
-            "proxy": {"remoteurl": f"https://{upstream}"}}))
-        log_path = self.dir / f"{name}.log"
-        log = open(log_path, "ab")
-        p = subprocess.Popen(["ip", "netns", "exec", host.netns, REGISTRY, "serve", str(config)],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, env={**os.environ, "SSL_CERT_FILE": str(self.ca)})
-        log.close()
-        self.procs[f"{host.site_address}:{port}"] = (p, start_time(p.pid))
-        deadline = time.monotonic() + 20
-        while "listening on" not in log_path.read_text():
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise RegistryError(f"the mirror in {host.name} did not start: {log_path.read_text()[-1000:]}")
-            time.sleep(0.05)
-        return f"http://{host.site_address}:{port}"
-
     def blob_fetches(self, ip: str) -> dict[str, int]:
         """Blob digest -> how many times the process on ``ip`` served it (needs access_log)."""
         counts: dict[str, int] = {}

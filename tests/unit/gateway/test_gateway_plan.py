@@ -125,6 +125,3 @@ def test_stats_port_must_differ():
     with pytest.raises(SettingsError, match="gateway_stats_port.*a port other than gateway_port"):
         validate("gw", data)
 
-
-def test_is_gateway():
-    assert gw.is_gateway(["gateway", "all"]) and not gw.is_gateway(["gpu"]) and not gw.is_gateway(None)
