@@ -120,6 +120,7 @@ class Settings:
 
     # Service
     jit_cache_seed: bool
+    jit_cache_seed_port: int
     status_harness: str | None
     # Gateway
     gateway_port: int
@@ -370,6 +371,7 @@ PARSERS = {
     "weights_progress_interval_s": _int(1, 3600),
     "weights_wait_timeout_s": _int(0, 30 * 86_400),
     "jit_cache_seed": _bool,
+    "jit_cache_seed_port": _int(1, 65535),
     "status_harness": _optional(_choice("core", "long")),
     "prometheus_targets": lambda v: "" if v in (None, "") else _str()(v),
     "gateway_port": _int(1, 65535),

@@ -88,7 +88,8 @@ weights_progress_interval_s = 30  # seconds between progress lines (bytes, rate,
 weights_wait_timeout_s = 0  # stop waiting after this many seconds (the download goes on detached; a re-run attaches); 0 = until done
 
 # --- Service --------------------------------------------------------------------------------
-jit_cache_seed = True  # rollout: after the canary's first boot, copy its kernel/JIT cache volume to hosts with the same image, GPU model, driver and flags, so they boot warm; False = each host compiles its own
+jit_cache_seed = True  # rollout: after the canary's first boot, its kernel/JIT cache volume goes host to host to the hosts with the same image, GPU model, driver and flags, so they boot warm; False = each host compiles its own
+jit_cache_seed_port = 7481  # port the canary serves its JIT cache archive on (at site_address) to the hosts it seeds, during the rollout only
 status_harness = None  # tasks/status.py: also run the coherence harness ("core" or "long") from the controller against every endpoint; None = status only
 
 # --- Gateway (hosts of the `gateway` inventory group: HAProxy in front of the fleet) ---------

@@ -159,7 +159,7 @@ def start_command(image: str, upstream: str) -> str:
             "print(s.getsockname()[1])'); "
             f"printf '%s\\n' {q(push_config)} | sed \"s/PORT/$port/\" > $d/push.yml; "
             f"echo \"$(ts) copy started: {source(image, upstream)} into the cache\" >> {LOG}; "
-            f"runuser -u {USER} -- docker-registry serve $d/push.yml >> $d/push.log 2>&1 & rp=$!; "
+            f"setpriv --reuid={USER} --regid={USER} --clear-groups docker-registry serve $d/push.yml >> $d/push.log 2>&1 & rp=$!; "
             "( i=0; while [ $i -lt 100 ] && ! python3 -c \"import socket; socket.create_connection(('127.0.0.1', $port), 1)\" "
             "2>/dev/null; do i=$((i+1)); sleep 0.1; done; "
             f"skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false "

@@ -19,6 +19,7 @@ def rollout(settings=None, drainer=None) -> None:
     ops.check(name="Service: Docker, compose and verified weights in place")
     ops.pull_image(name="Service: image on the host (pulled only when missing)")
     ops.rollout(drainer, name=f"Service: kit placed and service healthy (canary, then {batch} at a time)")
+    ops.seed_server_stop(name="Service: the canary's JIT cache no longer served")
     ops.monitor(name="Service: monitor.sh supervised (systemd unit, else started when not running)")
 
 

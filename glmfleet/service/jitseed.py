@@ -12,9 +12,14 @@ What it saves: the compile and graph-capture caches. Not everything: FlashInfer'
 results are not kept with several GPU ranks in 2026 vLLM, so a seeded host still tunes
 (see ../shared/reference/fleet-serving-facts.md).
 
-The path the bytes take: the canary packs its volume into one tar.gz, which the controller
-fetches over SFTP and uploads to each seeded host (so it crosses the controller once down and
-once up per host); the host unpacks it into its volume without replacing files it has.
+The path the bytes take, host to host (the controller carries none): the canary packs its
+volume into one tar.gz and serves it on the site network (its site_address,
+jit_cache_seed_port) with Python's own http.server, run as `nobody` (setpriv), for the rollout's
+duration (stopped after it, and by `timeout` after SERVE_MAX_S whatever happens). Each seeded
+host fetches it, checks its sha256 against the one the canary reported to the controller
+over SSH (so a copy altered on the way is refused), and unpacks it into its volume without
+replacing files it has. No token guards the download: the archive holds compiled kernels of
+a public image and model, nothing secret, and its integrity comes from that sha256.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import Any, Mapping
 
 q = shlex.quote
 VOLUME = "jit-cache"  # the compose volume's name in files/docker-compose.yml.j2
-ARCHIVE = "/var/tmp/glmfleet-jit-seed.tar.gz"
+SERVE_DIR = "/var/tmp/glmfleet-jit-seed"  # on the canary: only the archive, served read-only
+ARCHIVE = "/var/tmp/glmfleet-jit-seed.tar.gz"  # on a seeded host, while it is unpacked
+SERVE_MAX_S = 3600
 STAMP = ".glmfleet/jit-seed"  # under service_dir: the key it was last seeded with
 # Runtime values a compile does not depend on (who may call, where it listens, the chat
 # template's defaults, where things sit on this host).
@@ -71,11 +78,51 @@ def volume_name(values: Mapping[str, str]) -> str:
     return f"{values.get('COMPOSE_PROJECT_NAME', '')}_{VOLUME}"
 
 
-def pack_command(volume: str) -> str:
-    """On the canary: its volume as one archive; prints the archive's size in bytes."""
-    return (f"set -e; mp=$(docker volume inspect -f '{{{{.Mountpoint}}}}' {q(volume)}); "
-            f"tar -C \"$mp\" -czf {ARCHIVE}.tmp . && mv -f {ARCHIVE}.tmp {ARCHIVE} && "
-            f"chmod 600 {ARCHIVE} && stat -c %s {ARCHIVE}")
+def serve_command(volume: str, address: str | None, port: int) -> str:
+    """On the canary: its volume packed into SERVE_DIR/jit-seed.tar.gz and served at
+    address:port (every address when None) until stopped; prints the archive's size and
+    sha256 on its last line."""
+    archive = f"{SERVE_DIR}/jit-seed.tar.gz"
+    bind = f"--bind {q(address)} " if address else ""
+    return (f"set -e; {stop_command()}; mkdir -m 755 {SERVE_DIR}; "
+            f"mp=$(docker volume inspect -f '{{{{.Mountpoint}}}}' {q(volume)}); "
+            f"tar -C \"$mp\" -czf {archive} . && chmod 644 {archive}; "
+            f"setsid timeout {SERVE_MAX_S} setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -m http.server {bind}"
+            f"--directory {SERVE_DIR} {int(port)} </dev/null >/dev/null 2>&1 & echo $! > {SERVE_DIR}.pid; "
+            f"i=0; while [ $i -lt 50 ] && ! python3 -c \"import socket; socket.create_connection(('{address or '127.0.0.1'}', {int(port)}), 1)\" "
+            f"2>/dev/null; do i=$((i+1)); sleep 0.1; done; "
+            f"echo \"$(stat -c %s {archive}) $(sha256sum {archive} | cut -c1-64)\"")
+
+
+def stop_command() -> str:
+    """On the canary: the server stopped (its session: timeout, runuser, python) and the archive gone."""
+    return (f"if [ -f {SERVE_DIR}.pid ]; then p=$(cat {SERVE_DIR}.pid); kill -- -$p 2>/dev/null || true; "
+            "i=0; while [ $i -lt 50 ] && kill -0 -- -$p 2>/dev/null; do i=$((i+1)); sleep 0.1; done; fi; "
+            f"rm -rf {SERVE_DIR} {SERVE_DIR}.pid")
+
+
+def url(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{int(port)}/jit-seed.tar.gz"
+
+
+FETCH = """import hashlib, os, sys, urllib.request
+url, want, out = sys.argv[1:4]
+h = hashlib.sha256()
+with urllib.request.urlopen(url, timeout=60) as r, open(out + ".part", "wb") as f:
+    for block in iter(lambda: r.read(1 << 20), b""):
+        h.update(block)
+        f.write(block)
+if h.hexdigest() != want:
+    os.unlink(out + ".part")
+    sys.exit(f"the archive from {url} does not match the sha256 its host reported: refused")
+os.replace(out + ".part", out)
+"""
+
+
+def fetch_command(source_url: str, sha256: str) -> str:
+    """On a seeded host: the canary's archive fetched into ARCHIVE, its sha256 checked."""
+    return f"set -e; umask 077; python3 -c {q(FETCH)} {q(source_url)} {q(sha256)} {ARCHIVE}"
 
 
 def unpack_command(volume: str, service_dir: str, key_digest: str) -> str:

@@ -105,11 +105,11 @@ class _ServiceRun:
         self.status_metrics: dict[str, dict] = {}  # tasks/status.py: vLLM's /metrics per host
         self.status_printed = False
         # JIT cache seeding (glmfleet.service.jitseed): the canary's key and volume once it
-        # booted, and its archive on the controller, fetched once for every seeded host.
+        # booted, and its archive served there (url, sha256, bytes) for every seeded host.
         self.seed_keys: dict[str, dict] = {}
         self.seed_volumes: dict[str, str] = {}
         self.seed_lock = gevent.lock.Semaphore()
-        self.seed_archive: tuple[str, int] | None = None  # (local path, bytes)
+        self.seed_served: tuple[str, str, int] | None = None
         self.seed_error: str | None = None
 
 
@@ -412,29 +412,22 @@ def _record_seed_source(job: Job) -> None:
         run.seed_volumes[host.name] = jitseed.volume_name(job.want.values or {})
 
 
-def _seed_archive(run: _ServiceRun, canary: str) -> tuple[str, int] | None:
-    """The canary's volume, packed there and fetched to the controller once per run."""
-    import atexit
-    import shutil
-    import tempfile
-
+def _seed_source(run: _ServiceRun, canary: str) -> tuple[str, str, int] | None:
+    """The canary's volume, packed and served there once per run: (url, sha256, bytes)."""
     with run.seed_lock:
-        if run.seed_archive or run.seed_error:
-            return run.seed_archive
+        if run.seed_served or run.seed_error:
+            return run.seed_served
         source = host.state.inventory.get_host(canary)
-        r = remote.sh(source, jitseed.pack_command(run.seed_volumes[canary]), show=False)
-        if not r.ok:
-            run.seed_error = f"packing {canary}'s volume failed: {r.err.strip()[-200:]}"
+        cs = runctx.settings(host.state, source)
+        address = cs.site_address or str(source.data.get("ssh_hostname") or source.name)
+        r = remote.sh(source, jitseed.serve_command(run.seed_volumes[canary], cs.site_address,
+                                                    cs.jit_cache_seed_port), show=False)
+        size, _, sha = (r.out[-1].strip() if r.ok and r.out else "").partition(" ")
+        if not r.ok or not size.isdigit() or len(sha) != 64:
+            run.seed_error = f"serving {canary}'s volume failed: {(r.err or ' '.join(r.out)).strip()[-200:]}"
             return None
-        tmp = tempfile.mkdtemp(prefix="glmfleet-jit-seed-")
-        atexit.register(shutil.rmtree, tmp, True)
-        local = f"{tmp}/jit-seed.tar.gz"
-        if not remote.get(source, jitseed.ARCHIVE, local):
-            run.seed_error = f"fetching {canary}'s archive failed"
-            return None
-        remote.sh(source, f"rm -f {jitseed.ARCHIVE}", show=False)
-        run.seed_archive = (local, int(r.out[-1]) if r.out and r.out[-1].isdigit() else 0)
-        return run.seed_archive
+        run.seed_served = (jitseed.url(address, cs.jit_cache_seed_port), sha, int(size))
+        return run.seed_served
 
 
 def _seed_or_say_why(job: Job) -> str | None:
@@ -466,20 +459,19 @@ def _seed_jit_cache(job: Job) -> str | None:
     ok, out = _sh(jitseed.stamp_command(s.service_dir), show=False)
     if ok and out and out[0].strip() == digest:
         return None  # seeded before with this key: its volume has it
-    archive = _seed_archive(run, canary)
-    if archive is None:
+    served = _seed_source(run, canary)
+    if served is None:
         return f"JIT cache not seeded from {canary}: {run.seed_error}"
     volume = jitseed.volume_name(job.want.values or {})
     ok, out = _sh(_compose(s.service_dir, "up --no-start"))  # compose makes the volume, labelled
     if ok:
-        ok = remote.put(host, archive[0], jitseed.ARCHIVE)
-        out = ["upload failed"]
+        ok, out = _sh(jitseed.fetch_command(served[0], served[1]), show=False)
     if ok:
         ok, out = _sh(jitseed.unpack_command(volume, s.service_dir, digest))
     if not ok:
         return f"JIT cache not seeded from {canary}: {' '.join(out)[-200:]}"
-    size = f"{archive[1] / 2**20:.1f} MiB" if archive[1] >= 2**20 else f"{archive[1] / 1024:.1f} KiB"
-    note = (f"JIT cache seeded from {canary} ({size} through the controller; "
+    size = f"{served[2] / 2**20:.1f} MiB" if served[2] >= 2**20 else f"{served[2] / 1024:.1f} KiB"
+    note = (f"JIT cache seeded from {canary} ({size} host to host, sha256 checked; "
             "same image, GPU, driver and flags)")
     _say(note)
     return note
@@ -787,6 +779,18 @@ class MonitorFacts(FactBase):
 
     def process(self, output):
         return mon.parse_facts(output)
+
+
+@operation()
+def seed_server_stop():
+    """After the rollout (every host's rollout is done when this runs): the canary stops
+    serving its JIT cache archive. Nothing on other hosts or when it served nothing."""
+    run = service_run(host.state)
+    batches = run.rollout.batches()
+    if not run.seed_served or not batches or batches[0][0] != host.name:
+        host.noop("no JIT cache archive served from this host")
+        return
+    yield StringCommand(jitseed.stop_command())
 
 
 @operation()

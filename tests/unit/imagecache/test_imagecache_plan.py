@@ -84,7 +84,7 @@ def test_start_command_copies_with_digests_kept():
     assert "skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false" in cmd
     assert "docker://docker.io/vllm/vllm-openai@sha256:" + "cd" * 32 in cmd
     assert "/vllm/vllm-openai:sha256-" + "cd" * 32 in cmd  # a digest is kept under a tag
-    assert "runuser -u docker-registry" in cmd and "setsid bash -c" in cmd
+    assert "setpriv --reuid=docker-registry" in cmd and "setsid bash -c" in cmd
 
 
 def test_roles_from_groups():

@@ -81,3 +81,32 @@ def test_behind_a_mirror_the_first_host_pulling_the_image_leads():
     assert imagepull.pull_lead("d", hosts) is None  # no mirror: nobody to wait for
     assert imagepull.pull_lead("e", hosts) is None  # alone behind its mirror
     assert imagepull.pull_lead("x", hosts) is None
+
+
+def test_a_seeded_host_refuses_an_archive_that_is_not_the_canarys(tmp_path, monkeypatch):
+    """The fetch (run here against a local http.server) keeps the archive only when its
+    sha256 is the one the canary reported over SSH; an altered copy is refused and removed."""
+    import hashlib
+    import http.server
+    import subprocess
+    import threading
+    from functools import partial
+
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "serve/jit-seed.tar.gz").write_bytes(b"kernels" * 1000)
+    good = hashlib.sha256(b"kernels" * 1000).hexdigest()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "serve")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(jitseed, "ARCHIVE", str(tmp_path / "got.tar.gz"))
+    url = jitseed.url("127.0.0.1", server.server_address[1])
+    try:
+        bad = subprocess.run(["sh", "-c", jitseed.fetch_command(url, "0" * 64)], capture_output=True, text=True)
+        assert bad.returncode != 0 and "does not match the sha256" in bad.stderr
+        assert not list(tmp_path.glob("got.tar.gz*"))
+        ok = subprocess.run(["sh", "-c", jitseed.fetch_command(url, good)], capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stderr
+        assert (tmp_path / "got.tar.gz").read_bytes() == b"kernels" * 1000
+    finally:
+        server.shutdown()
+    assert jitseed.url("fd00::1", 7481) == "http://[fd00::1]:7481/jit-seed.tar.gz"
