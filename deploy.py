@@ -5,8 +5,8 @@ host; a host that fails it is dropped before any operation touches it. With
 `--data preflight_only=true` nothing after preflight runs and nothing changes. Hosts of the
 `gateway` group get HAProxy (tasks/gateway.py, after the GPU stages) and no GPU stage; hosts
 of the `image_cache` group get the site's image cache (tasks/image_cache.py, first, so its
-copy from upstream runs while the others install Docker), and the GPU stages too when they
-are also in another group (glmfleet/roles.py).
+copy from upstream runs while the others install Docker) and no GPU stage; one host may be
+in both (glmfleet/roles.py).
 """
 
 from pyinfra import host, local, state

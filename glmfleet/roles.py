@@ -1,11 +1,13 @@
 """What a host of the inventory runs, from its groups (pure; the one place these rules live).
 
-    gateway       HAProxy in front of the fleet; never a GPU stage.
+    gateway       HAProxy in front of the fleet (glmfleet/gateway/).
     image_cache   the site's image cache (glmfleet/imagecache/): a registry holding the
                   serving image, copied from upstream once, that every GPU host pulls through.
-                  Additive: a host also in another group (e.g. gpu) runs that group's stages
-                  too; a host only in image_cache runs the cache alone.
     anything else a GPU host.
+
+Both roles are for hosts without the GPU stages, and one host may hold both. Membership is
+what counts: pyinfra also puts every host of an inventory file in a group named after the
+file, so "in no other group" could not be told apart.
 """
 
 from __future__ import annotations
@@ -23,6 +25,4 @@ def is_image_cache(groups) -> bool:
 
 
 def is_gpu_host(groups) -> bool:
-    """Not a gateway and in some group other than image_cache (pyinfra's own 'all' aside)."""
-    groups = [g for g in groups or () if g != "all"]
-    return not is_gateway(groups) and (not groups or any(g != IMAGE_CACHE_GROUP for g in groups))
+    return not is_gateway(groups) and not is_image_cache(groups)

@@ -100,6 +100,6 @@ gateway_timeout_s = 900  # idle limit on a client or server connection: covers a
 gateway_drain_timeout_s = 600  # rollout: wait at most this long for a drained host's in-flight requests before restarting it
 site_address = None  # address the other hosts of the site reach this host at (the gateway for its API, fan-out peers for its weights, GPU hosts for its image cache); None = its SSH hostname
 
-# --- Image cache (hosts of the `image_cache` inventory group: the site's copy of the image) --
+# --- Image cache (hosts of the `image_cache` inventory group: the site's copy of the image; no GPU stage there)
 image_cache_port = 5000  # the cache's registry port at site_address (plain HTTP, read-only): every GPU host's default registry_mirror
 image_cache_upstream = "docker.io"  # registry the cache copies the image from (host[:port]); Docker Hub, as registry-mirrors apply to Docker Hub names only

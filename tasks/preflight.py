@@ -7,7 +7,7 @@ reached, a host whose weights are verified for the pinned revision goes on with 
 it holds, with a WARN). Once every host is in, runctx prints the readiness table and
 drops the hosts that failed, before any operation of any stage runs. Hosts of the
 `gateway` group get the gateway's checks instead (OS, disk, port, certificate; no GPU), a
-host only in the `image_cache` group the image cache's (OS, disk, port).
+host of the `image_cache` group the image cache's (OS, disk, port).
 The stage itself: glmfleet.preflight.check; this file hands it the other stages' knowledge.
 """
 
@@ -33,7 +33,7 @@ def docker_conflicts(settings) -> list[str]:
 
 settings = runctx.settings()
 if not is_gpu_host(host.groups):
-    # a gateway (also when it runs the image cache), or a host running only the image cache
+    # a gateway (also when it runs the image cache), or an image cache host
     preflight.check(gateway=is_gateway(host.groups), image_cache=not is_gateway(host.groups))
 else:
     manifest, manifest_error = manifest_for_run(state, settings)

@@ -633,13 +633,13 @@ def run_gateway_checks(host: Mapping[str, Any] | None, settings: Settings,
     return checks
 
 
-# --- image cache hosts (only in the `image_cache` group: a registry, no GPU) --------------
+# --- image cache hosts (the `image_cache` inventory group: a registry, no GPU) -------------
 
 IMAGE_CACHE_WARN_FREE_GIB = 50.0  # a vLLM serving image is tens of GB
 
 
 def run_image_cache_checks(host: Mapping[str, Any] | None, settings: Settings) -> list[Check]:
-    """A host that only runs the image cache needs a supported OS, room for the image under
+    """An image cache host needs a supported OS, room for the image under
     /var/lib and its port: no GPU, Docker or weights checks."""
     host = host or {}
     checks = [check_host_facts(host)]

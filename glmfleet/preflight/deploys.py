@@ -19,8 +19,8 @@ def check(settings=None, gateway: bool = False, image_cache: bool = False, manif
     mapping over the host's data and the defaults, or None.
 
     Handed in by tasks/preflight.py (other stages' knowledge; all optional): gateway (the host
-    gets the gateway's checks), image_cache (the image cache's checks: a host running only
-    that), manifest / manifest_error (the pinned revision's file list,
+    gets the gateway's checks; with image_cache too, those), image_cache (the image cache's
+    checks), manifest / manifest_error (the pinned revision's file list,
     for the disk check), docker_conflicts (packages the docker stage would refuse) and
     held_manifest(verified, held) -> the manifest a verified host holds, or None."""
     s = runctx.stage_settings(settings)

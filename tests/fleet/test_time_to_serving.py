@@ -2,9 +2,9 @@
 
 Docker Hub is stood in for by a registry (Debian's docker-registry, TLS from a test CA) behind
 a throttled link (the site's uplink, Uplink) that only the cache host can reach. The
-inventory puts tts-c in the `image_cache` group as well: the deploy installs the registry and
-skopeo there from the distribution, copies the image into it from the upstream, and every GPU
-host pulls through it (registry_mirror defaults to it). The image is named as on Docker Hub
+inventory's `image_cache` group holds tts-m, a host of its own (no GPU stage runs there): the
+deploy installs the registry and skopeo there from the distribution, copies the image into it
+from the upstream, and every GPU host pulls through it (registry_mirror defaults to it). The image is named as on Docker Hub
 ("glmfleet/serving:1"), which is the only kind of name Docker sends to a mirror.
 
 What the hosts' own logs show (timestamps and lines, never elapsed-time assertions):
@@ -35,7 +35,7 @@ from testbed.doubles.serving import image as serving_image
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTS = ("tts-a", "tts-b", "tts-c")  # inventory order: tts-a is the canary
-MIRROR_HOST = "tts-c"
+MIRROR_HOST = "tts-m"  # in the image_cache group: no GPU stage
 IMAGE = "glmfleet/serving:1"  # a Docker Hub name: docker.io/glmfleet/serving:1
 WEIGHTS_DIR = "/srv/glm/weights"
 DAEMON_JSON = {"storage-driver": "vfs", "iptables": False, "bridge": "none"}
@@ -66,7 +66,8 @@ def site(fleet, pyinfra_cli, tmp_path_factory):
             if override:
                 files[f"{defaults['service_dir']}/docker-compose.override.yml"] = override
             fleet.add_host(name, suite="bookworm", files=files, shm_size="32g", site=True)
-        fleet.start(*HOSTS, timeout=90)
+        fleet.add_host(MIRROR_HOST, suite="bookworm", site=True)
+        fleet.start(*HOSTS, MIRROR_HOST, timeout=90)
         m = fleet[MIRROR_HOST]
         hub_addr = upstream.listen_on(m.gateway)
         digest = upstream.push(hub_addr, "glmfleet/serving", "1", serving_image.tarball())
@@ -85,8 +86,11 @@ def site(fleet, pyinfra_cli, tmp_path_factory):
                           "rollout_batch_size": 2, "preflight_report": str(work / "preflight.json"),
                           "prometheus_targets": str(work / "prometheus-targets.json")}
         inventory = fleet.write_inventory(work / "inventory.py", hosts=list(HOSTS), host_data=data)
+        cache = {**fleet.ssh_data(m), "image": IMAGE, "model_revision": DEFAULT_REVISION,
+                 "image_cache_upstream": uplink.addr, "site_address": m.site_address,
+                 "preflight_report": str(work / "preflight.json")}
         with inventory.open("a") as f:
-            f.write(f"image_cache = [{MIRROR_HOST!r}]\n")  # tts-c also runs the site's image cache
+            f.write(f"image_cache = [({MIRROR_HOST!r}, {cache!r})]\n")
         r = subprocess.run([pyinfra_cli, "-y", str(inventory), "deploy.py"], cwd=REPO,
                            capture_output=True, text=True, timeout=1500)
         (work / "deploy.log").write_text(r.stdout + r.stderr)
@@ -99,7 +103,7 @@ def site(fleet, pyinfra_cli, tmp_path_factory):
             uplink.stop()
         upstream.stop()
         repo.stop()
-        for name in HOSTS:
+        for name in (*HOSTS, MIRROR_HOST):
             if name in fleet.hosts:
                 fleet.remove(name)
 
@@ -116,6 +120,9 @@ def test_bare_hosts_serve_with_the_image_from_the_cache(fleet, site):
         info = fleet[name].exec("docker info -f '{{json .RegistryConfig.Mirrors}}'").stdout
         assert url in info
     assert f"[{m.name}] image cache: PASS: copying {IMAGE} from {site['uplink']}" in site["log"]
+    # a host of the image_cache group runs the cache and nothing of a GPU host
+    assert not re.search(rf"\[{m.name}\] (docker|weights|service): ", site["log"]), site["log"][-4000:]
+    assert m.exec("command -v dockerd || echo none").stdout.strip() == "none"
     fetches = site["upstream"].blob_fetches(m.gateway)
     # The cache's own access log (journald): which site addresses fetched the image's blobs.
     journal = m.exec("journalctl -u docker-registry --no-pager -o cat").stdout
@@ -123,7 +130,7 @@ def test_bare_hosts_serve_with_the_image_from_the_cache(fleet, site):
     print(f"upstream blob fetches {fetches}; the cache served blobs to {sorted(served)}")
     assert len(fetches) == 2  # the serving double's config blob and its one layer
     assert all(n == 1 for n in fetches.values()), fetches  # each from upstream once for the site
-    assert served == {fleet[h].site_address for h in HOSTS}, served  # every host pulled from the cache
+    assert served == {fleet[h].site_address for h in HOSTS}, served  # every GPU host pulled from the cache
     # the served registry refuses a push: only the deploy's copy writes to it
     push = m.exec("python3 -c 'import urllib.request as u, urllib.error as e\ntry: u.urlopen(u.Request("
                   f"\"{url}/v2/glmfleet/serving/blobs/uploads/\", method=\"POST\"))\n"
@@ -186,5 +193,6 @@ def test_a_second_run_changes_nothing(site, pyinfra_cli):
     (site["work"] / "deploy2.log").write_text(r.stderr)
     assert r.returncode == 0, r.stderr[-6000:]
     report = json.loads(r.stdout)
-    changed = {h: [op["name"] for op in report["results"]["operations"] if h in op["success"]] for h in HOSTS}
-    assert changed == {h: [] for h in HOSTS}, changed
+    every = (*HOSTS, MIRROR_HOST)
+    changed = {h: [op["name"] for op in report["results"]["operations"] if h in op["success"]] for h in every}
+    assert changed == {h: [] for h in every}, changed
