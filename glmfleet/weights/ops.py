@@ -51,7 +51,7 @@ from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import apt, server
 
-from glmfleet import remote, runctx
+from glmfleet import remote, roles, runctx
 from glmfleet.settings import Settings
 from glmfleet.weights import hostbundle
 from glmfleet.upload import atomic_upload
@@ -160,11 +160,12 @@ def _peer_token(state) -> str:
 
 
 def _group(state, s) -> list[str]:
-    """Active fan-out hosts deploying the same checkpoint, in inventory order."""
+    """Active fan-out GPU hosts deploying the same checkpoint, in inventory order (a gateway
+    or image cache host runs no weights stage, whatever its settings say)."""
     out = []
     active = set(state.active_hosts)
     for h in state.inventory:  # inventory order: every host picks the same seed and source
-        if h not in active:
+        if h not in active or not roles.is_gpu_host(h.groups):
             continue
         hs = runctx.settings(state, h)
         if hs.weights_fanout and (hs.model_repo, hs.model_revision, hs.weights_fanout_via) == \
