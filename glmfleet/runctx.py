@@ -97,6 +97,25 @@ def validate_inventory(state) -> dict[str, Settings]:
     return run.settings
 
 
+def host_settings(state, h, validated: dict | None = None) -> Settings | None:
+    """Any inventory host's settings, in or out of this run's --limit (outside it: validated
+    here, for its address, ports and sizes; None when they are invalid). validated: the
+    run's settings when they are still being made (a settings hook), else None."""
+    s = (validate_inventory(state) if validated is None else validated).get(h.name)
+    if s is None:
+        try:
+            return validate(h.name, h.data.dict(), require_revision=False)
+        except SettingsError:
+            return None
+    return s
+
+
+def site_address(h, s: Settings) -> str:
+    """Where the other hosts of the site (and the gateway) reach host h: its site_address,
+    else its SSH hostname."""
+    return s.site_address or str(h.data.get("ssh_hostname") or h.name)
+
+
 def check_ssh_keys(state) -> None:
     """A missing or unreadable ssh_key is a settings error naming the host and the path,
     before any connection (pyinfra itself would fail inside the connection, with a traceback)."""

@@ -16,7 +16,7 @@ from pyinfra import host, state
 from glmfleet import preflight, runctx
 from glmfleet.docker import plan as docker_plan
 from glmfleet.docker.facts import DockerHostFacts
-from glmfleet.roles import is_gateway, is_gpu_host
+from glmfleet.roles import is_gateway, is_gpu_host, is_image_cache
 from glmfleet.weights.manifest import held_manifest
 from glmfleet.weights.ops import keep_held_manifest, manifest_for_run
 
@@ -34,7 +34,7 @@ def docker_conflicts(settings) -> list[str]:
 settings = runctx.settings()
 if not is_gpu_host(host.groups):
     # a gateway (also when it runs the image cache), or an image cache host
-    preflight.check(gateway=is_gateway(host.groups), image_cache=not is_gateway(host.groups))
+    preflight.check(gateway=is_gateway(host.groups), image_cache=is_image_cache(host.groups))
 else:
     manifest, manifest_error = manifest_for_run(state, settings)
 

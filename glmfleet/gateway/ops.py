@@ -27,7 +27,7 @@ from pyinfra.operations import apt
 
 from glmfleet import remote, roles, runctx
 from glmfleet.gateway import plan as gw
-from glmfleet.settings import Settings, SettingsError, validate
+from glmfleet.settings import Settings
 
 q = shlex.quote
 STAGE = "gateway"
@@ -76,16 +76,6 @@ def _reload_or_start(init: str) -> str:
 
 # --- settings of every host, in or out of this run's --limit ---------------------------------
 
-def host_settings(state, h) -> Settings | None:
-    s = runctx.validate_inventory(state).get(h.name)
-    if s is None:  # outside --limit: validated here, only for its address and sizes
-        try:
-            return validate(h.name, h.data.dict())
-        except SettingsError:
-            return None
-    return s
-
-
 def gpu_hosts(state) -> list:
     return [h for h in state.inventory if roles.is_gpu_host(h.groups)]
 
@@ -94,19 +84,14 @@ def gateway_hosts(state) -> list:
     return [h for h in state.inventory if roles.is_gateway(h.groups)]
 
 
-def api_address(h, s: Settings) -> str:
-    """Where the gateway (and Prometheus) reach a GPU host's API."""
-    return s.site_address or str(h.data.get("ssh_hostname") or h.name)
-
-
 def servers(state) -> list[gw.Server]:
     """One server per GPU host of the inventory (with or without --limit: the backend is the
     fleet's, so a limited run never drops the hosts it leaves out)."""
     out = []
     for h in gpu_hosts(state):
-        s = host_settings(state, h)
+        s = runctx.host_settings(state, h)
         if s is not None:
-            out.append(gw.Server(gw.server_name(h.name), api_address(h, s), s.port, s.max_num_seqs))
+            out.append(gw.Server(gw.server_name(h.name), runctx.site_address(h, s), s.port, s.max_num_seqs))
     return out
 
 
@@ -289,14 +274,14 @@ def write_prometheus_targets(state) -> str | None:
     done["written"] = True
     vllm, gateways, path = {}, {}, ""
     for h in state.inventory:
-        s = host_settings(state, h)
+        s = runctx.host_settings(state, h)
         if s is None:
             continue
         path = path or s.prometheus_targets
         if roles.is_gateway(h.groups):
             gateways[h.name] = f"{h.data.get('ssh_hostname') or h.name}:{s.gateway_stats_port}"
         elif roles.is_gpu_host(h.groups):
-            vllm[h.name] = f"{api_address(h, s)}:{s.port}"
+            vllm[h.name] = f"{runctx.site_address(h, s)}:{s.port}"
     if not path:
         return None
     runctx.write_json_atomic(path, gw.prometheus_targets(vllm, gateways))

@@ -1,7 +1,6 @@
 """The image cache stage as a pyinfra deploy: called by tasks/image_cache.py or a deploy file
 of one's own (README: "Use a stage in your own deploy")."""
 
-from pyinfra import host
 from pyinfra.api import deploy
 
 from glmfleet import runctx
@@ -17,7 +16,6 @@ def registry(settings=None) -> None:
     if not ops.usable(s):
         return
     put = ops.config(s, name="Image cache: registry config (read-only, at the site address)")
-    ops.packages(name="Image cache: docker-registry and skopeo (distribution packages)")
+    ops.packages(s, name="Image cache: docker-registry and skopeo (distribution packages)")
     ops.service(put, name="Image cache: registry running (systemd, restarted on a new config)")
     ops.copy(name="Image cache: image copied from upstream in the background (each layer once)")
-    runctx.record_info(host.name, image_cache=ops.url_of(host, s))

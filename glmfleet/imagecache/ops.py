@@ -25,7 +25,7 @@ from pyinfra.operations import apt, files, systemd
 
 from glmfleet import roles, runctx
 from glmfleet.imagecache import plan
-from glmfleet.settings import Settings, SettingsError, validate
+from glmfleet.settings import Settings
 
 STAGE = "image_cache"
 
@@ -71,8 +71,8 @@ def config(s: Settings, **op_kwargs):
     return files.put(src=io.StringIO(text), dest=plan.CONFIG_PATH, mode="644", **op_kwargs)
 
 
-def packages(**op_kwargs) -> None:
-    facts = host.get_fact(CacheFacts, image=runctx.settings().image)
+def packages(s: Settings, **op_kwargs) -> None:
+    facts = host.get_fact(CacheFacts, image=s.image)
     apt.packages(packages=list(plan.PACKAGES), update=not (facts["registry"] and facts["skopeo"]),
                  no_recommends=True, **op_kwargs)
 
@@ -103,56 +103,42 @@ def copy():
 
 # --- for the GPU hosts ----------------------------------------------------------------------
 
-def _host_settings(state, h, validated: dict) -> Settings | None:
-    if h.name in validated:
-        return validated[h.name]
-    try:  # outside --limit: validated here, only for its address and port
-        return validate(h.name, h.data.dict(), require_revision=False)
-    except SettingsError:
-        return None
-
-
 def url_of(h, s: Settings) -> str:
-    return plan.mirror_url(s.site_address or str(h.data.get("ssh_hostname") or h.name), s.image_cache_port)
+    return plan.mirror_url(runctx.site_address(h, s), s.image_cache_port)
 
 
-def cache_host(state, validated: dict):
+def cache_host(state, validated: dict | None = None):
     """(the inventory's first image_cache host, its settings), or None."""
     for h in state.inventory:
         if roles.is_image_cache(h.groups):
-            s = _host_settings(state, h, validated)
+            s = runctx.host_settings(state, h, validated)
             if s is not None:
                 return h, s
     return None
 
 
 def default_mirror(state, settings: dict[str, Settings]):
-    """Settings hook: every GPU host with no registry_mirror of its own pulls through the
-    inventory's image cache (a Docker Hub image only: Docker asks mirrors for no other)."""
-    found = cache_host(state, settings)
-    if found is None:
-        return settings, []
-    h, cs = found
-    url, out = url_of(h, cs), dict(settings)
-    for name, s in settings.items():
-        groups = state.inventory.get_host(name).groups
-        if s.registry_mirror is None and roles.is_gpu_host(groups):
-            try:
-                plan.hub_reference(s.image)
-            except plan.CacheError:
-                continue
-            out[name] = dataclasses.replace(s, registry_mirror=url)
-    return out, []
+    """Settings hook (config.py): GPU hosts pull through the inventory's image cache
+    (plan.default_mirrors says which)."""
+    found = cache_host(state, settings)  # called while the run's settings are made
+    cache = (url_of(*found), found[1].image) if found else None
+    mirrors = plan.default_mirrors(cache, [(n, roles.is_gpu_host(state.inventory.get_host(n).groups),
+                                            s.registry_mirror, s.image) for n, s in settings.items()])
+    return {n: dataclasses.replace(s, registry_mirror=mirrors[n]) if n in mirrors else s
+            for n, s in settings.items()}, []
 
 
 def copy_wait(state, h, s: Settings):
-    """What this GPU host's background pull waits for: (cache host name, state command,
-    done(lines)) when it pulls s.image through a cache that copies that image in this run;
-    else None."""
-    found = cache_host(state, runctx.validate_inventory(state))
+    """What this GPU host's background pull waits for (handed to the image pull by
+    tasks/image_pull.py): (cache host, state command, done(lines), note(lines)) while the
+    cache copies the image in this run; () to pull at once; None when not behind the cache."""
+    found = cache_host(state)
     if found is None:
         return None
     ch, cs = found
-    if ch not in state.active_hosts or cs.image != s.image or s.registry_mirror != url_of(ch, cs):
-        return None
-    return ch.name, plan.state_command(s.image), lambda lines: plan.copy_done(plan.parse_state(lines), s.image)
+    how = plan.pull_wait(ch in state.active_hosts, (url_of(ch, cs), cs.image), s.registry_mirror, s.image)
+    if how != "copy":
+        return None if how is None else ()
+    return (ch.name, plan.state_command(s.image),
+            lambda lines: plan.copy_done(plan.parse_state(lines), s.image),
+            lambda lines: plan.copy_outcome(plan.parse_state(lines), s.image))

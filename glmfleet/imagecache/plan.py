@@ -26,6 +26,8 @@ import json
 import re
 import shlex
 
+from glmfleet import detached
+
 q = shlex.quote
 CONFIG_PATH = "/etc/docker/registry/config.yml"
 STORAGE = "/var/lib/docker-registry"
@@ -34,7 +36,7 @@ PACKAGES = ("docker-registry", "skopeo")
 SERVICE = "docker-registry"
 LOG = "/var/log/glmfleet/image-cache.log"
 STATE = "/var/lib/glmfleet/image-cache"
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+COPY_MAX_S = 6 * 3600  # a copy still running after this is stopped (and fails)
 HUB_REGISTRIES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 
@@ -77,6 +79,32 @@ def listen_address(site_address: str | None, port: int) -> str:
     return f"[{site_address}]:{port}" if ":" in site_address else f"{site_address}:{port}"
 
 
+def default_mirrors(cache: tuple[str, str] | None, hosts) -> dict[str, str]:
+    """{GPU host: the cache's URL} for each GPU host that pulls through the inventory's image
+    cache: no registry_mirror of its own and the image the cache holds (a Docker Hub name:
+    Docker asks a mirror for no other). cache: (its URL, its image) or None; hosts:
+    (name, is a GPU host, registry_mirror, image)."""
+    if cache is None:
+        return {}
+    url, image = cache
+    try:
+        hub_reference(image)
+    except CacheError:
+        return {}
+    return {n: url for n, gpu, mirror, img in hosts if gpu and mirror is None and img == image}
+
+
+def pull_wait(cache_in_run: bool, cache: tuple[str, str], mirror: str | None, image: str) -> str | None:
+    """How a GPU host's background pull relates to the image cache: "copy" (wait for the
+    cache's copy in this run), "now" (behind the cache, which copies nothing in this run:
+    pull at once; Docker goes upstream if the cache lacks the image), or None (not behind
+    the cache: the registry_mirror rules apply)."""
+    url, cached = cache
+    if mirror != url or image != cached:
+        return None
+    return "copy" if cache_in_run else "now"
+
+
 def served_config(site_address: str | None, port: int) -> str:
     """The registry the GPU hosts pull from: read-only (a push is refused), access log on."""
     return json.dumps({  # YAML is a superset of JSON
@@ -98,30 +126,16 @@ def stored_marker(path: str, ref: str) -> str:
 
 
 def state_command(image: str) -> str:
-    """Print stored=, job_image=, job_running=, job_rc= (one read-only command)."""
+    """Print stored= and the copy job's state (one read-only command)."""
     path, ref = hub_reference(image)
-    return (f"d={STATE}; "
-            f"if [ -f {q(stored_marker(path, ref))} ]; then echo stored=1; else echo stored=0; fi; "
-            "echo \"job_image=$(cat $d/image 2>/dev/null)\"; "
-            "p=$(cat $d/pid 2>/dev/null); "
-            "if [ -n \"$p\" ] && [ ! -f $d/rc ] && kill -0 \"$p\" 2>/dev/null; then echo job_running=1; "
-            "else echo job_running=0; fi; "
-            "echo \"job_rc=$(cat $d/rc 2>/dev/null)\"")
+    return (f"if [ -f {q(stored_marker(path, ref))} ]; then echo stored=1; else echo stored=0; fi; "
+            + detached.state_command(STATE))
 
 
 def parse_state(lines) -> dict:
-    out = {"stored": False, "job_image": None, "job_running": False, "job_rc": None}
-    for line in lines or []:
-        key, sep, value = str(line).strip().partition("=")
-        if not sep or key not in out:
-            continue
-        if key in ("stored", "job_running"):
-            out[key] = value == "1"
-        elif key == "job_rc":
-            out[key] = int(value) if value.lstrip("-").isdigit() else None
-        else:
-            out[key] = value or None
-    return out
+    job = detached.parse_state(lines)
+    stored = any(str(ln).strip() == "stored=1" for ln in lines or [])
+    return {"stored": stored, "job_image": job["image"], "job_running": job["running"], "job_rc": job["rc"]}
 
 
 def copy_due(state: dict, image: str) -> tuple[bool, str]:
@@ -138,42 +152,50 @@ def copy_done(state: dict, image: str) -> bool:
     return state["stored"] or not (state["job_image"] == image and state["job_running"])
 
 
+def copy_outcome(state: dict, image: str) -> str | None:
+    """A line for the output once the copy is over, when it did not store the image."""
+    if state["stored"]:
+        return None
+    rc = state["job_rc"] if state["job_image"] == image else None
+    return (f"the copy of {image} into the image cache failed (exit {rc}; log: {LOG} there): "
+            "the hosts pull from upstream (Docker falls back when the mirror lacks it)")
+
+
 def source(image: str, upstream: str) -> str:
     path, ref = hub_reference(image)
     return f"docker://{upstream}/{path}{'@' if ref.startswith('sha256:') else ':'}{ref}"
 
 
+_PUSH_CONFIG = {"version": 0.1, "log": {"level": "warn"}, "storage": {"filesystem": {"rootdirectory": STORAGE}},
+                "http": {"addr": "127.0.0.1:%s"}}  # printf fills in the port
+# The private writable registry for the copy: a free loopback port found and waited on with
+# bash's /dev/tcp (no other tool needed on the host).
+_PUSH_SETUP = (
+    "port=; for i in $(seq 1 50); do p=$((20000 + RANDOM % 30000)); "
+    "if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then port=$p; break; fi; done; "
+    f"printf {q(json.dumps(_PUSH_CONFIG) + chr(10))} \"$port\" > $d/push.yml; "
+    f"setpriv --reuid={USER} --regid={USER} --clear-groups docker-registry serve $d/push.yml "
+    ">> $d/push.log 2>&1 & rp=$!; "
+    "for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done; ")
+
+
 def start_command(image: str, upstream: str) -> str:
-    """Start the copy detached: a private writable registry on a free loopback port, `skopeo
-    copy` from upstream into it (digests kept: --preserve-digests refuses any change), the
-    private registry stopped; every line timestamped into LOG, the exit status into STATE/rc.
-    A digest reference is stored under a tag named after it (a registry keeps a manifest only
-    under a tag); Docker then asks for it by digest and finds it."""
+    """Start the copy detached (glmfleet/detached.py): a private writable registry on a free
+    loopback port, `skopeo copy` from upstream into it, the private registry stopped.
+    skopeo copies the manifest and blobs unchanged (same format, no recompression), so every
+    digest stays the upstream's. A digest reference is copied with --all (an index is kept
+    whole, so Docker finds it by that digest) and stored under a tag named after it (a
+    registry keeps a manifest only under a tag); a tag copies this platform's image only.
+    COPY_MAX_S bounds a copy that hangs."""
     path, ref = hub_reference(image)
-    dest_ref = ref if not ref.startswith("sha256:") else "sha256-" + ref[7:]
-    push_config = json.dumps({"version": 0.1, "log": {"level": "warn"},
-                              "storage": {"filesystem": {"rootdirectory": STORAGE}},
-                              "http": {"addr": "127.0.0.1:PORT"}})
-    body = (f"d={STATE}; echo $$ > $d/pid; ts() {{ date '+{TIME_FORMAT}'; }}; "
-            "port=$(python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); "
-            "print(s.getsockname()[1])'); "
-            f"printf '%s\\n' {q(push_config)} | sed \"s/PORT/$port/\" > $d/push.yml; "
-            f"echo \"$(ts) copy started: {source(image, upstream)} into the cache\" >> {LOG}; "
-            f"setpriv --reuid={USER} --regid={USER} --clear-groups docker-registry serve $d/push.yml >> $d/push.log 2>&1 & rp=$!; "
-            "( i=0; while [ $i -lt 100 ] && ! python3 -c \"import socket; socket.create_connection(('127.0.0.1', $port), 1)\" "
-            "2>/dev/null; do i=$((i+1)); sleep 0.1; done; "
-            f"skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false "
-            f"{q(source(image, upstream))} \"docker://127.0.0.1:$port/{path}:{dest_ref}\" 2>&1; "
-            "echo \"glmfleet-copy-rc=$?\" ) | "
-            "while IFS= read -r l; do case $l in glmfleet-copy-rc=*) echo \"${l#*=}\" > $d/rc.tmp ;; "
-            f"*) echo \"$(ts) $l\" >> {LOG} ;; esac; done; "
-            "kill $rp 2>/dev/null; wait $rp 2>/dev/null; "
-            f"echo \"$(ts) copy finished: exit $(cat $d/rc.tmp 2>/dev/null)\" >> {LOG}; "
-            "mv -f $d/rc.tmp $d/rc")
-    return (f"set -e; mkdir -p {STATE} {q(LOG.rsplit('/', 1)[0])}; chmod 755 {STATE}; "
-            f"rm -f {STATE}/rc {STATE}/pid; printf '%s\\n' {q(image)} > {STATE}/image; "
-            f"setsid bash -c {q(body)} </dev/null >/dev/null 2>&1 &")
+    digest = ref.startswith("sha256:")
+    dest = f"docker://127.0.0.1:$port/{path}:{'sha256-' + ref[7:] if digest else ref}"
+    command = (f"timeout {COPY_MAX_S} skopeo copy --retry-times 3 {'--all ' if digest else ''}"
+               f"--dest-tls-verify=false {q(source(image, upstream))} \"{dest}\"")
+    return detached.start_command(STATE, LOG, image, "copy", f"{source(image, upstream)} into the cache",
+                                  command, setup=_PUSH_SETUP,
+                                  teardown="kill $rp 2>/dev/null; wait $rp 2>/dev/null; ")
 
 
 def log_tail_command(lines: int = 3) -> str:
-    return f"tail -n {int(lines)} {LOG} 2>/dev/null || true"
+    return detached.log_tail_command(LOG, lines)

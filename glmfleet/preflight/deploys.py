@@ -30,6 +30,9 @@ def check(settings=None, gateway: bool = False, image_cache: bool = False, manif
                  "host": host.get_fact(HostFacts, weights_dir="/var/lib", port=s.gateway_port)}
         cert = host.get_fact(File, path=s.gateway_tls_cert) if s.gateway_tls_cert else None
         checks = run_gateway_checks(facts["host"], s, bool(cert))
+        if image_cache:  # the same host runs the image cache: its port too
+            cache = host.get_fact(HostFacts, weights_dir="/var/lib", port=s.image_cache_port)
+            checks += [c for c in run_image_cache_checks(cache, s) if c.name == "image_cache_port"]
     elif image_cache:
         facts = {"gpu": {"gpus": []},
                  "host": host.get_fact(HostFacts, weights_dir="/var/lib", port=s.image_cache_port)}

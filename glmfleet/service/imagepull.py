@@ -14,44 +14,34 @@ none ran or it failed). On the host:
 A background pull is started once per image: one that finished (well or not) is not started
 again; the service stage's own pull then says what went wrong. Behind a registry_mirror, only
 the first host of those pulling the image through it starts at once; the others start when
-its pull is done, so the mirror holds every layer (glmfleet/service/ops.py, _Follow).
+its pull is done, so the mirror holds every layer (glmfleet/service/ops.py, _Follow); behind
+the inventory's own image cache, every host starts once the cache's copy is done.
 """
 
 from __future__ import annotations
 
 import shlex
 
+from glmfleet import detached
+
 q = shlex.quote
 LOG = "/var/log/glmfleet/image-pull.log"
 STATE = "/var/lib/glmfleet/image-pull"
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+TIME_FORMAT = detached.TIME_FORMAT
 
 
 def state_command(image: str) -> str:
-    """Print image_id=, bg_image=, bg_running=, bg_rc= (one command, read-only)."""
-    return (f"img={q(image)}; d={STATE}; "
-            "echo \"image_id=$(docker image inspect -f '{{.Id}}' \"$img\" 2>/dev/null)\"; "
-            "echo \"bg_image=$(cat $d/image 2>/dev/null)\"; "
-            "p=$(cat $d/pid 2>/dev/null); "
-            "if [ -n \"$p\" ] && [ ! -f $d/rc ] && kill -0 \"$p\" 2>/dev/null; then echo bg_running=1; "
-            "else echo bg_running=0; fi; "
-            "echo \"bg_rc=$(cat $d/rc 2>/dev/null)\"")
+    """Print image_id= and the background job's state (one command, read-only)."""
+    return (f"echo \"image_id=$(docker image inspect -f '{{{{.Id}}}}' {q(image)} 2>/dev/null)\"; "
+            + detached.state_command(STATE))
 
 
 def parse_state(lines) -> dict:
-    out = {"image_id": None, "bg_image": None, "bg_running": False, "bg_rc": None}
-    for line in lines or []:
-        key, sep, value = str(line).partition("=")
-        if not sep or key not in out:
-            continue
-        value = value.strip()
-        if key == "bg_running":
-            out[key] = value == "1"
-        elif key == "bg_rc":
-            out[key] = int(value) if value.lstrip("-").isdigit() else None
-        else:
-            out[key] = value or None
-    return out
+    job = detached.parse_state(lines)
+    image_id = next((str(ln).strip().partition("=")[2].strip() for ln in lines or []
+                     if str(ln).strip().startswith("image_id=")), "")
+    return {"image_id": image_id or None, "bg_image": job["image"], "bg_running": job["running"],
+            "bg_rc": job["rc"]}
 
 
 def background_due(state: dict, image: str) -> tuple[bool, str]:
@@ -67,19 +57,9 @@ def background_due(state: dict, image: str) -> tuple[bool, str]:
 
 
 def start_command(image: str) -> str:
-    """Start `docker pull IMAGE` detached (its own session, no descriptor of the SSH session),
-    every line of its output timestamped into LOG, its exit status into STATE/rc."""
-    body = (f"img={q(image)}; d={STATE}; echo $$ > $d/pid; "
-            f"ts() {{ date '+{TIME_FORMAT}'; }}; "
-            f"echo \"$(ts) pull started: docker pull $img\" >> {LOG}; "
-            "( docker pull \"$img\" 2>&1; echo \"glmfleet-pull-rc=$?\" ) | "
-            "while IFS= read -r l; do case $l in glmfleet-pull-rc=*) echo \"${l#*=}\" > $d/rc.tmp ;; "
-            f"*) echo \"$(ts) $l\" >> {LOG} ;; esac; done; "
-            f"echo \"$(ts) pull finished: exit $(cat $d/rc.tmp 2>/dev/null)\" >> {LOG}; "
-            "mv -f $d/rc.tmp $d/rc")
-    return (f"set -e; mkdir -p {STATE} {q(LOG.rsplit('/', 1)[0])}; rm -f {STATE}/rc {STATE}/pid; "
-            f"printf '%s\\n' {q(image)} > {STATE}/image; "
-            f"setsid sh -c {q(body)} </dev/null >/dev/null 2>&1 &")
+    """`docker pull IMAGE` detached (glmfleet/detached.py): its lines timestamped into LOG."""
+    return detached.start_command(STATE, LOG, image, "pull", f"docker pull {image}",
+                                  f"docker pull {q(image)}")
 
 
 def pull_lead(me: str, hosts: list[tuple[str, str | None, str]]) -> str | None:
@@ -94,4 +74,4 @@ def pull_lead(me: str, hosts: list[tuple[str, str | None, str]]) -> str | None:
 
 
 def log_tail_command(lines: int = 1) -> str:
-    return f"tail -n {int(lines)} {LOG} 2>/dev/null || true"
+    return detached.log_tail_command(LOG, lines)

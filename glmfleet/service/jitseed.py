@@ -14,12 +14,14 @@ results are not kept with several GPU ranks in 2026 vLLM, so a seeded host still
 
 The path the bytes take, host to host (the controller carries none): the canary packs its
 volume into one tar.gz and serves it on the site network (its site_address,
-jit_cache_seed_port) with Python's own http.server, run as `nobody` (setpriv), for the rollout's
-duration (stopped after it, and by `timeout` after SERVE_MAX_S whatever happens). Each seeded
-host fetches it, checks its sha256 against the one the canary reported to the controller
+jit_cache_seed_port; every address when site_address is unset) with Python's own
+http.server, run as `nobody` (setpriv), for the rollout's duration (stopped after it, and by
+`timeout` after SERVE_MAX_S whatever happens). Each seeded host fetches it, checks its sha256 against the one the canary reported to the controller
 over SSH (so a copy altered on the way is refused), and unpacks it into its volume without
 replacing files it has. No token guards the download: the archive holds compiled kernels of
-a public image and model, nothing secret, and its integrity comes from that sha256.
+a public image and model, nothing secret, and its integrity comes from that sha256 (so not
+the weights' server, weights.pyz serve, which serves a manifest's verified files behind the
+run's token).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from typing import Any, Mapping
 
 q = shlex.quote
 VOLUME = "jit-cache"  # the compose volume's name in files/docker-compose.yml.j2
-SERVE_DIR = "/var/tmp/glmfleet-jit-seed"  # on the canary: only the archive, served read-only
-ARCHIVE = "/var/tmp/glmfleet-jit-seed.tar.gz"  # on a seeded host, while it is unpacked
-SERVE_MAX_S = 3600
+WORK = "/var/lib/glmfleet/jit-seed"  # root's (never a world-writable dir: root acts on it)
+SERVE_DIR = f"{WORK}/served"  # on the canary: only the archive, served read-only
+PIDFILE = f"{WORK}/server.pid"
+ARCHIVE = f"{WORK}/incoming.tar.gz"  # on a seeded host, while it is unpacked
+SERVE_MAX_S = 6 * 3600  # the server's hard stop should the deploy never stop it (it does, after the rollout)
 STAMP = ".glmfleet/jit-seed"  # under service_dir: the key it was last seeded with
 # Runtime values a compile does not depend on (who may call, where it listens, the chat
 # template's defaults, where things sit on this host).
@@ -84,21 +88,26 @@ def serve_command(volume: str, address: str | None, port: int) -> str:
     sha256 on its last line."""
     archive = f"{SERVE_DIR}/jit-seed.tar.gz"
     bind = f"--bind {q(address)} " if address else ""
-    return (f"set -e; {stop_command()}; mkdir -m 755 {SERVE_DIR}; "
+    server = (f"timeout {SERVE_MAX_S} setpriv --reuid=nobody --regid=nogroup --clear-groups "
+              f"python3 -m http.server {bind}--directory {SERVE_DIR} {int(port)}; rm -rf {SERVE_DIR}")
+    probe = f"import socket; socket.create_connection(({address or '127.0.0.1'!r}, {int(port)}), 1)"
+    return (f"set -e; {stop_command()}; mkdir -p -m 755 {WORK}; mkdir -m 755 {SERVE_DIR}; "
             f"mp=$(docker volume inspect -f '{{{{.Mountpoint}}}}' {q(volume)}); "
             f"tar -C \"$mp\" -czf {archive} . && chmod 644 {archive}; "
-            f"setsid timeout {SERVE_MAX_S} setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -m http.server {bind}"
-            f"--directory {SERVE_DIR} {int(port)} </dev/null >/dev/null 2>&1 & echo $! > {SERVE_DIR}.pid; "
-            f"i=0; while [ $i -lt 50 ] && ! python3 -c \"import socket; socket.create_connection(('{address or '127.0.0.1'}', {int(port)}), 1)\" "
-            f"2>/dev/null; do i=$((i+1)); sleep 0.1; done; "
+            f"setsid sh -c {q(server)} </dev/null >/dev/null 2>&1 & echo $! > {PIDFILE}; "
+            f"i=0; while [ $i -lt 50 ] && ! python3 -c {q(probe)} 2>/dev/null; do i=$((i+1)); sleep 0.1; done; "
+            f"python3 -c {q(probe)} 2>/dev/null || {{ echo 'the server did not start on port {int(port)} "
+            "(taken? set jit_cache_seed_port)' >&2; exit 1; }; "
             f"echo \"$(stat -c %s {archive}) $(sha256sum {archive} | cut -c1-64)\"")
 
 
 def stop_command() -> str:
-    """On the canary: the server stopped (its session: timeout, runuser, python) and the archive gone."""
-    return (f"if [ -f {SERVE_DIR}.pid ]; then p=$(cat {SERVE_DIR}.pid); kill -- -$p 2>/dev/null || true; "
-            "i=0; while [ $i -lt 50 ] && kill -0 -- -$p 2>/dev/null; do i=$((i+1)); sleep 0.1; done; fi; "
-            f"rm -rf {SERVE_DIR} {SERVE_DIR}.pid")
+    """On the canary: the server stopped (its whole session: sh, timeout, python) and the
+    archive gone. The pid is taken only as a number above 1 (never `kill -- -1`)."""
+    return (f"p=$(cat {PIDFILE} 2>/dev/null || true); case \"$p\" in ''|*[!0-9]*|0|1) ;; *) "
+            "kill -- -$p 2>/dev/null || true; "
+            "i=0; while [ $i -lt 50 ] && kill -0 -- -$p 2>/dev/null; do i=$((i+1)); sleep 0.1; done ;; esac; "
+            f"rm -rf {SERVE_DIR} {PIDFILE}")
 
 
 def url(address: str, port: int) -> str:
@@ -122,7 +131,8 @@ os.replace(out + ".part", out)
 
 def fetch_command(source_url: str, sha256: str) -> str:
     """On a seeded host: the canary's archive fetched into ARCHIVE, its sha256 checked."""
-    return f"set -e; umask 077; python3 -c {q(FETCH)} {q(source_url)} {q(sha256)} {ARCHIVE}"
+    return (f"set -e; umask 077; mkdir -p -m 755 {WORK}; "
+            f"python3 -c {q(FETCH)} {q(source_url)} {q(sha256)} {ARCHIVE}")
 
 
 def unpack_command(volume: str, service_dir: str, key_digest: str) -> str:

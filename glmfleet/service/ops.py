@@ -110,6 +110,7 @@ class _ServiceRun:
         self.seed_volumes: dict[str, str] = {}
         self.seed_lock = gevent.lock.Semaphore()
         self.seed_served: tuple[str, str, int] | None = None
+        self.seed_tried = False  # a serve was started on the canary: stop it after the rollout
         self.seed_error: str | None = None
 
 
@@ -419,7 +420,8 @@ def _seed_source(run: _ServiceRun, canary: str) -> tuple[str, str, int] | None:
             return run.seed_served
         source = host.state.inventory.get_host(canary)
         cs = runctx.settings(host.state, source)
-        address = cs.site_address or str(source.data.get("ssh_hostname") or source.name)
+        address = runctx.site_address(source, cs)
+        run.seed_tried = True
         r = remote.sh(source, jitseed.serve_command(run.seed_volumes[canary], cs.site_address,
                                                     cs.jit_cache_seed_port), show=False)
         size, _, sha = (r.out[-1].strip() if r.ok and r.out else "").partition(" ")
@@ -559,8 +561,8 @@ def pull_start(wait_for=None):
     if not due:
         host.noop(why)
         return
-    wait = wait_for(host.state, host, s) if wait_for else None
-    lead = wait[0] if wait else _pull_lead(host.state, host, s)
+    wait = wait_for(host.state, host, s) if wait_for else None  # () : behind the cache, pull now
+    lead = (wait[0] if wait else None) if wait is not None else _pull_lead(host.state, host, s)
     if lead is None:
         if host.state.is_executing:
             runctx.echo(f"[{host.name}] pulling {s.image} in the background (log: {imagepull.LOG})")
@@ -572,8 +574,8 @@ def pull_start(wait_for=None):
         return
     runctx.echo(f"[{host.name}] pulling {s.image} in the background once {what} is done "
                 "(each layer from upstream once)")
-    command, done = wait[1:] if wait else (imagepull.state_command(s.image), _lead_pulled(s.image))
-    yield FunctionCommand(_follow, (lead, s.image, command, done, what), {})
+    command, done, note = wait[1:] if wait else (imagepull.state_command(s.image), _lead_pulled(s.image), None)
+    yield FunctionCommand(_follow, (lead, s.image, command, done, note, what), {})
 
 
 # Behind a pull-through cache, the first pull of a layer goes upstream; so do pulls of it that
@@ -600,11 +602,12 @@ def _lead_pulled(image: str):
 
 class _Follow:
     """One controller greenlet per lead: waits until done(lines of command on the lead) (its
-    pull, or the image cache's copy), then starts the followers' pulls."""
+    pull, or the image cache's copy), says note(lines) if there is one to say, then starts
+    the followers' pulls."""
 
-    def __init__(self, state, lead: str, image: str, command: str, done, what: str):
+    def __init__(self, state, lead: str, image: str, command: str, done, note, what: str):
         self.state, self.lead, self.image = state, lead, image
-        self.command, self.done, self.what = command, done, what
+        self.command, self.done, self.note, self.what = command, done, note, what
         self.followers: list[str] = []
         self.greenlet = gevent.spawn(self._run)
 
@@ -617,6 +620,9 @@ class _Follow:
             r = remote.sh(lead, self.command, show=False)
             misses = 0 if r.ok else misses + 1
             if r.ok and self.done(r.out):
+                said = self.note(r.out) if self.note else None
+                if said:
+                    runctx.echo(f"[{self.lead}] {said}")
                 break
             gevent.sleep(2)
         gevent.sleep(0)  # followers that joined while the last poll ran are in the list now
@@ -628,11 +634,11 @@ class _Follow:
                             f"background (log: {imagepull.LOG})")
 
 
-def _follow(state, host, lead: str, image: str, command: str, done, what: str) -> bool:
+def _follow(state, host, lead: str, image: str, command: str, done, note, what: str) -> bool:
     """Register this host with its lead's greenlet (started by the first follower)."""
     follows = runctx.per_run(state, "image_follow", lambda _: {})
     if (lead, image) not in follows or follows[(lead, image)].greenlet.dead:
-        follows[(lead, image)] = _Follow(state, lead, image, command, done, what)
+        follows[(lead, image)] = _Follow(state, lead, image, command, done, note, what)
     follows[(lead, image)].followers.append(host.name)
     return True
 
@@ -641,7 +647,7 @@ def _wait_for_lead(state, image: str) -> None:
     """A follower, in the service stage: wait until its background pull has been started."""
     for (lead, img), follow in runctx.per_run(state, "image_follow", lambda _: {}).items():
         if img == image and host.name in follow.followers and not follow.greenlet.dead:
-            _say(f"waiting for {lead}'s pull of {image} through the mirror")
+            _say(f"waiting for {follow.what} ({image})")
             follow.greenlet.join()
 
 
@@ -787,7 +793,7 @@ def seed_server_stop():
     serving its JIT cache archive. Nothing on other hosts or when it served nothing."""
     run = service_run(host.state)
     batches = run.rollout.batches()
-    if not run.seed_served or not batches or batches[0][0] != host.name:
+    if not run.seed_tried or not batches or batches[0][0] != host.name:
         host.noop("no JIT cache archive served from this host")
         return
     yield StringCommand(jitseed.stop_command())

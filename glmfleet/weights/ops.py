@@ -724,11 +724,6 @@ def _receive(state, host, s, manifest: dict) -> bool:  # noqa: F811
 # stops things; no weight byte crosses it. The servers stop when the exchange ends (and by
 # themselves after a while without requests, should the controller go away).
 
-def _peer_address(h, s) -> str:
-    """The address the other hosts reach this one at: site_address, else the inventory's."""
-    return s.site_address or str(h.data.get("ssh_hostname") or h.name)
-
-
 def _rounds(state, s) -> dict[str, list[str]]:
     """The rounds of this host's group (one per checkpoint), decided once, when its first
     host asks (all hosts have been checked by then: the verified ones are the first sources)."""
@@ -775,7 +770,7 @@ def _serve_start(state, host, s) -> bool:  # noqa: F811
     remaining sources (and the Hub for what none of them has)."""
     h, r = host, _run(state)
     paths = plan.HostPaths(s.weights_tool_dir, s.weights_dir)
-    address = _peer_address(h, s)
+    address = runctx.site_address(h, s)
     try:
         for attempt in range(2):
             ok, _, err = _sh(state, h, plan.token_write_command(paths, paths.peer_token_file),

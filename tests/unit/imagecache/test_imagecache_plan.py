@@ -81,10 +81,27 @@ def test_state_command_reads_the_storage_marker(tmp_path, monkeypatch):
 
 def test_start_command_copies_with_digests_kept():
     cmd = plan.start_command("vllm/vllm-openai@sha256:" + "cd" * 32, "docker.io")
-    assert "skopeo copy --retry-times 3 --preserve-digests --dest-tls-verify=false" in cmd
+    assert f"timeout {plan.COPY_MAX_S} skopeo copy --retry-times 3 --all --dest-tls-verify=false" in cmd
     assert "docker://docker.io/vllm/vllm-openai@sha256:" + "cd" * 32 in cmd
     assert "/vllm/vllm-openai:sha256-" + "cd" * 32 in cmd  # a digest is kept under a tag
+    assert "--all" not in plan.start_command("vllm/vllm-openai:v1", "docker.io")  # a tag: this platform
     assert "setpriv --reuid=docker-registry" in cmd and "setsid bash -c" in cmd
+
+
+def test_which_hosts_pull_through_the_cache_and_when():
+    cache = ("http://10.9.0.9:5000", "glmfleet/serving:1")
+    hosts = [("a", True, None, "glmfleet/serving:1"), ("b", True, "https://own", "glmfleet/serving:1"),
+             ("c", False, None, "glmfleet/serving:1"), ("d", True, None, "glmfleet/other:1")]
+    assert plan.default_mirrors(cache, hosts) == {"a": "http://10.9.0.9:5000"}
+    assert plan.default_mirrors(None, hosts) == {}
+    assert plan.default_mirrors(("http://x:5000", "nvcr.io/a/b:1"), [("a", True, None, "nvcr.io/a/b:1")]) == {}
+    assert plan.pull_wait(True, cache, cache[0], cache[1]) == "copy"
+    assert plan.pull_wait(False, cache, cache[0], cache[1]) == "now"  # cache outside this run
+    assert plan.pull_wait(True, cache, "https://own", cache[1]) is None  # the operator's own mirror
+    assert plan.pull_wait(True, cache, cache[0], "glmfleet/other:1") is None
+    failed = plan.parse_state(["stored=0", "job_image=glmfleet/serving:1", "job_running=0", "job_rc=1"])
+    assert "failed (exit 1" in plan.copy_outcome(failed, cache[1])
+    assert plan.copy_outcome(plan.parse_state(["stored=1"]), cache[1]) is None
 
 
 def test_roles_from_groups():
@@ -119,8 +136,8 @@ def test_gpu_hosts_default_to_the_inventory_cache():
     assert out["a"].registry_mirror == "http://10.9.0.9:5001"
     assert out["b"].registry_mirror == "https://own.mirror"  # the operator's own wins
     assert out["c"].registry_mirror is None  # the cache host runs no GPU stage
-    other = {"a": settings("a", image="nvcr.io/x/y:1")}
-    assert default_mirror(state, other)[0]["a"].registry_mirror is None  # Docker would not use it
+    other = {"a": settings("a", image="glmfleet/other:2"), "c": given["c"]}
+    assert default_mirror(state, other)[0]["a"].registry_mirror is None  # the cache holds another image
     alone = SimpleNamespace(inventory=_Inventory([_host("a", ("gpu",))]))
     assert default_mirror(alone, {"a": settings("a")})[0]["a"].registry_mirror is None
 

@@ -15,15 +15,15 @@ VALUES = {"COMPOSE_PROJECT_NAME": "glm52", "TP": "4", "MAX_NUM_SEQS": "2", "API_
 
 
 def test_background_pull_is_started_once_per_image():
-    st = imagepull.parse_state(["image_id=", "bg_image=", "bg_running=0", "bg_rc="])
+    st = imagepull.parse_state(["image_id=", "job_image=", "job_running=0", "job_rc="])
     assert imagepull.background_due(st, "r/i:1") == (True, "")
-    running = imagepull.parse_state(["image_id=", "bg_image=r/i:1", "bg_running=1", "bg_rc="])
+    running = imagepull.parse_state(["image_id=", "job_image=r/i:1", "job_running=1", "job_rc="])
     assert "is running" in imagepull.background_due(running, "r/i:1")[1]
-    failed = imagepull.parse_state(["bg_image=r/i:1", "bg_running=0", "bg_rc=1"])
+    failed = imagepull.parse_state(["job_image=r/i:1", "job_running=0", "job_rc=1"])
     due, why = imagepull.background_due(failed, "r/i:1")
     assert not due and "exit 1" in why and "foreground" in why
     assert imagepull.background_due(failed, "r/i:2")[0]  # another image: a new pull
-    present = imagepull.parse_state(["image_id=sha256:ab", "bg_image=r/i:1"])
+    present = imagepull.parse_state(["image_id=sha256:ab", "job_image=r/i:1"])
     assert not imagepull.background_due(present, "r/i:1")[0]
 
 
