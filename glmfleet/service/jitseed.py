@@ -88,7 +88,7 @@ def serve_command(volume: str, address: str | None, port: int) -> str:
     sha256 on its last line."""
     archive = f"{SERVE_DIR}/jit-seed.tar.gz"
     bind = f"--bind {q(address)} " if address else ""
-    server = (f"timeout {SERVE_MAX_S} setpriv --reuid=nobody --regid=nogroup --clear-groups "
+    server = (f"timeout --foreground {SERVE_MAX_S} setpriv --reuid=nobody --regid=nogroup --clear-groups "
               f"python3 -m http.server {bind}--directory {SERVE_DIR} {int(port)}; rm -rf {SERVE_DIR}")
     probe = f"import socket; socket.create_connection(({address or '127.0.0.1'!r}, {int(port)}), 1)"
     return (f"set -e; {stop_command()}; mkdir -p -m 755 {WORK}; mkdir -m 755 {SERVE_DIR}; "

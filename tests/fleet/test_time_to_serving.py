@@ -179,7 +179,7 @@ def test_only_the_canary_compiled(fleet, site):
         line = next(ln for ln in site["log"].splitlines() if ln.startswith(f"[{h}] service: PASS"))
         assert f"JIT cache seeded from {canary}" in line and "host to host, sha256 checked" in line, line
     # the canary served its archive during the rollout only: server gone, archive removed
-    gone = fleet[canary].exec("ls /var/tmp/glmfleet-jit-seed 2>&1; pgrep -f '[h]ttp[.]server' || echo none")
+    gone = fleet[canary].exec("ls /var/lib/glmfleet/jit-seed/served 2>&1; pgrep -f '[h]ttp[.]server' || echo none")
     assert "No such file" in gone.stdout and gone.stdout.strip().endswith("none"), gone.stdout
     # seeding saves the compile, not the tuning that is never cached at several ranks
     assert all("FlashInfer autotune at 4 ranks" in b for b in boots.values())
