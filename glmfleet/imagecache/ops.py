@@ -9,9 +9,9 @@ On each host of the `image_cache` group, in this order:
              does not hold it yet (plan.start_command).
 
 For the GPU hosts: ``default_mirror`` (a settings hook handed in by config.py) makes the
-cache every GPU host's registry_mirror unless one is set, and ``copy_wait`` (handed to the
-image pull by tasks/image_pull.py) lets their background pulls start once the copy is done,
-so each layer comes down from upstream once for the whole site.
+cache the registry_mirror of every GPU host deploying its image with none of its own, and
+``copy_wait`` (handed to the image pull by tasks/image_pull.py) lets their background pulls
+start once the copy is done, so each layer comes down from upstream once for the whole site.
 """
 
 from __future__ import annotations

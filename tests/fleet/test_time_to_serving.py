@@ -190,8 +190,13 @@ def test_only_the_canary_compiled(fleet, site):
 
 
 def test_a_second_run_changes_nothing(site, pyinfra_cli):
-    """Image present, caches seeded, nothing restarted: no operation changes anything."""
+    """--dry plans nothing, then a run with -y changes nothing: image present (in the cache
+    and on the hosts), caches seeded, nothing restarted."""
     assert site["rc"] == 0, site["log"][-8000:]
+    r = subprocess.run([pyinfra_cli, "-y", "--dry", "--json", str(site["work"] / "inventory.py"), "deploy.py"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-6000:]
+    assert [op["name"] for op in json.loads(r.stdout)["plan"] if op["hosts_with_change"]] == [], r.stderr[-6000:]
     r = subprocess.run([pyinfra_cli, "-y", "--json", str(site["work"] / "inventory.py"), "deploy.py"],
                        cwd=REPO, capture_output=True, text=True, timeout=900)
     (site["work"] / "deploy2.log").write_text(r.stderr)

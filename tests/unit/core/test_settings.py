@@ -205,3 +205,10 @@ def test_registry_mirror_accepts_what_dockerd_accepts(data, value):
 def test_registry_mirror_refuses_paths_credentials_and_quotes(data, value):
     (msg,) = problems(dict(data, registry_mirror=value))
     assert "setting 'registry_mirror'" in msg and "http(s)://host[:port]" in msg
+
+
+@pytest.mark.parametrize("value", ["https://docker.io", "docker.io/library", "reg istry", "host:port"])
+def test_image_cache_upstream_is_a_registry_host(data, value):
+    (msg,) = problems(dict(data, image_cache_upstream=value))
+    assert "setting 'image_cache_upstream'" in msg and "host[:port] without scheme or path" in msg
+    assert validate("h", dict(data, image_cache_upstream="10.0.0.1:5000")).image_cache_upstream == "10.0.0.1:5000"
