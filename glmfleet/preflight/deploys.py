@@ -12,16 +12,17 @@ from glmfleet.preflight.checks import (first_failure, preflight_checks, run_gate
 
 
 @deploy("preflight.check")
-def check(settings=None, gateway: bool = False, image_cache: bool = False, manifest: dict | None = None, manifest_error=None,
-          docker_conflicts=(), held_manifest=None) -> None:
+def check(settings=None, gateway: bool = False, image_cache: bool = False,
+          manifest: dict | None = None, manifest_error=None, docker_conflicts=(),
+          held_manifest=None) -> None:
     """Gather the host's facts, check them, record the verdict; once every host is in, the
     readiness table is printed and the failed hosts are dropped. settings: a Settings, a
     mapping over the host's data and the defaults, or None.
 
     Handed in by tasks/preflight.py (other stages' knowledge; all optional): gateway (the host
     gets the gateway's checks; with image_cache too, those), image_cache (the image cache's
-    checks), manifest / manifest_error (the pinned revision's file list,
-    for the disk check), docker_conflicts (packages the docker stage would refuse) and
+    checks), manifest / manifest_error (the pinned revision's file list, for the disk
+    check), docker_conflicts (packages the docker stage would refuse) and
     held_manifest(verified, held) -> the manifest a verified host holds, or None."""
     s = runctx.stage_settings(settings)
     if gateway:

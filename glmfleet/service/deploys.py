@@ -27,9 +27,10 @@ def rollout(settings=None, drainer=None) -> None:
 def pull_early(settings=None, wait_for=None) -> None:
     """The serving image starts downloading in the background as soon as Docker is up, so
     it comes down while the weights do (glmfleet/service/imagepull.py); rollout waits for it.
-    Skipped on a host whose docker or nvidia_toolkit stage failed in this run. wait_for:
-    (state, host, settings) -> None or (host name, state command, done(lines)): what the pull
-    waits for first (the image cache's copy, handed in by tasks/image_pull.py), or None."""
+    Skipped on a host whose docker or nvidia_toolkit stage failed in this run. wait_for
+    (handed in by tasks/image_pull.py: the image cache's copy_wait), or None: (state, host,
+    settings) -> None (not behind the cache), () (behind it, pull at once) or (cache host,
+    state command, done(lines), note(lines)) (wait for its copy first)."""
     runctx.stage_settings(settings)
     stages = runctx.run_for(host.state).stages.get(host.name, {})
     if any(stages.get(stage, ("",))[0] == "FAIL" for stage in ("docker", "nvidia_toolkit")):

@@ -16,9 +16,9 @@ The path the bytes take, host to host (the controller carries none): the canary 
 volume into one tar.gz and serves it on the site network (its site_address,
 jit_cache_seed_port; every address when site_address is unset) with Python's own
 http.server, run as `nobody` (setpriv), for the rollout's duration (stopped after it, and by
-`timeout` after SERVE_MAX_S whatever happens). Each seeded host fetches it, checks its sha256 against the one the canary reported to the controller
-over SSH (so a copy altered on the way is refused), and unpacks it into its volume without
-replacing files it has. No token guards the download: the archive holds compiled kernels of
+`timeout` after SERVE_MAX_S whatever happens). Each seeded host fetches it, checks its
+sha256 against the one the canary reported to the controller over SSH (so a copy altered on
+the way is refused), and unpacks it into its volume without replacing files it has. No token guards the download: the archive holds compiled kernels of
 a public image and model, nothing secret, and its integrity comes from that sha256 (so not
 the weights' server, weights.pyz serve, which serves a manifest's verified files behind the
 run's token).
@@ -95,8 +95,8 @@ def serve_command(volume: str, address: str | None, port: int) -> str:
             f"mp=$(docker volume inspect -f '{{{{.Mountpoint}}}}' {q(volume)}); "
             f"tar -C \"$mp\" -czf {archive} . && chmod 644 {archive}; "
             f"setsid sh -c {q(server)} </dev/null >/dev/null 2>&1 & echo $! > {PIDFILE}; "
-            f"i=0; while [ $i -lt 50 ] && ! python3 -c {q(probe)} 2>/dev/null; do i=$((i+1)); sleep 0.1; done; "
-            f"python3 -c {q(probe)} 2>/dev/null || {{ echo 'the server did not start on port {int(port)} "
+            f"up=0; for i in $(seq 1 50); do python3 -c {q(probe)} 2>/dev/null && {{ up=1; break; }}; sleep 0.1; done; "
+            f"[ $up = 1 ] || {{ echo 'the server did not start on port {int(port)} "
             "(taken? set jit_cache_seed_port)' >&2; exit 1; }; "
             f"echo \"$(stat -c %s {archive}) $(sha256sum {archive} | cut -c1-64)\"")
 

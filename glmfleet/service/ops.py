@@ -561,8 +561,11 @@ def pull_start(wait_for=None):
     if not due:
         host.noop(why)
         return
-    wait = wait_for(host.state, host, s) if wait_for else None  # () : behind the cache, pull now
-    lead = (wait[0] if wait else None) if wait is not None else _pull_lead(host.state, host, s)
+    wait = wait_for(host.state, host, s) if wait_for else None
+    if wait is None:  # not behind the inventory's image cache: the registry_mirror rules
+        lead = _pull_lead(host.state, host, s)
+    else:  # behind it: wait for its copy, or () when it copies nothing in this run
+        lead = wait[0] if wait else None
     if lead is None:
         if host.state.is_executing:
             runctx.echo(f"[{host.name}] pulling {s.image} in the background (log: {imagepull.LOG})")
