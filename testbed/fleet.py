@@ -303,8 +303,12 @@ class Fleet:
                 f'Acquire::http::Proxy::{h.gateway} "DIRECT";\n'
                 "// a stalled transfer is retried instead of hanging a test run; no HTTP\n"
                 "// pipelining through the proxy (a closed pipelined connection can stall apt)\n"
+                "// retries at once: apt-cacher-ng answers one of several hosts refreshing an\n"
+                "// index at the same moment with an error, and apt's delayed retry of it can\n"
+                "// leave apt-get update waiting forever on idle methods (seen on bookworm)\n"
                 'Acquire::http::Timeout "30";\n'
                 'Acquire::Retries "3";\n'
+                'Acquire::Retries::Delay "false";\n'
                 'Acquire::http::Pipeline-Depth "0";\n')
         for path, content in files.items():
             mode = None

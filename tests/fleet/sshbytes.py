@@ -12,7 +12,9 @@ relayed through the controller cannot escape it.
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import json
+import signal
 import sys
 
 from pyinfra_cli.main import main  # first: importing pyinfra_cli patches the stdlib for gevent
@@ -44,6 +46,15 @@ def read_all(self, n, check_rekey=False):
     return data
 
 
+def _stacks(_signum, _frame) -> None:
+    """SIGUSR1: every thread's and greenlet's stack to stderr (a test that gives up on a run
+    sends it first, so a hang says where it is)."""
+    import gevent.util
+    faulthandler.dump_traceback(all_threads=True)
+    sys.stderr.write("\n".join(gevent.util.format_run_info()) + "\n")
+    sys.stderr.flush()
+
+
 def _dump(path: str) -> None:
     with open(path, "w") as f:
         json.dump(counts, f, indent=1, sort_keys=True)
@@ -53,5 +64,6 @@ if __name__ == "__main__":
     out_path = sys.argv[1]
     packet.Packetizer.write_all, packet.Packetizer.read_all = write_all, read_all
     atexit.register(_dump, out_path)
+    signal.signal(signal.SIGUSR1, _stacks)
     sys.argv = ["pyinfra", *sys.argv[2:]]
     sys.exit(main())

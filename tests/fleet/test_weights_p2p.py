@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -96,9 +97,37 @@ class Site:
         if background:
             return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
-        p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600,
-                           stdin=subprocess.DEVNULL)
-        return p.returncode, p.stdout + p.stderr, self.ssh_bytes()
+        p = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, text=True)
+        try:
+            out = p.communicate(timeout=600)[0]
+        except subprocess.TimeoutExpired:
+            raise AssertionError(self.hung(p)) from None
+        return p.returncode, out, self.ssh_bytes()
+
+    def hung(self, p: subprocess.Popen) -> str:
+        """What a run that did not end was doing: each host's processes and weights log,
+        the apt proxy's log, then the end of pyinfra's output with its stacks (sshbytes.py
+        dumps them on SIGUSR1). The whole output is kept in hung-run.log."""
+        p.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        p.kill()
+        out = p.communicate()[0]
+        (self.work / "hung-run.log").write_text(out)
+        parts = ["pyinfra did not end in 600 s"]
+        for n, h in self.hosts.items():
+            ps = h.exec("ps -eo pid,ppid,etime,args", check=False).stdout
+            logs = " ".join(str(d / ".glmfleet/weights.log") for d in h.root.glob("srv/*/GLM"))
+            tail = subprocess.run(f"tail -n 30 {logs} /dev/null", shell=True,
+                                  capture_output=True, text=True).stdout
+            parts.append(f"--- {n}: processes\n{ps}\n--- {n}: weights logs\n{tail}")
+        if self.fleet.proxy:
+            parts.append("--- the apt proxy's log\n" + subprocess.run(
+                f"tail -n 40 {self.fleet.proxy.dir}/log/*", shell=True, capture_output=True,
+                text=True).stdout)
+        parts.append(f"--- pyinfra's output (all of it: {self.work / 'hung-run.log'}), its end:\n"
+                     + out[-30000:])
+        return "\n".join(parts)
 
     def ssh_bytes(self) -> dict:
         raw = json.loads((self.work / "ssh-bytes.json").read_text())
