@@ -18,10 +18,10 @@ jit_cache_seed_port; every address when site_address is unset) with Python's own
 http.server, run as `nobody` (setpriv), for the rollout's duration (stopped after it, and by
 `timeout` after SERVE_MAX_S whatever happens). Each seeded host fetches it, checks its
 sha256 against the one the canary reported to the controller over SSH (so a copy altered on
-the way is refused), and unpacks it into its volume without replacing files it has. No token guards the download: the archive holds compiled kernels of
-a public image and model, nothing secret, and its integrity comes from that sha256 (so not
-the weights' server, weights.pyz serve, which serves a manifest's verified files behind the
-run's token).
+the way is refused), and unpacks it into its volume without replacing files it has. No token
+guards the download: the archive holds compiled kernels of a public image and model, nothing
+secret, and its integrity comes from that sha256 (so not the weights' server, weights.pyz
+serve, which serves a manifest's verified files behind the run's token).
 """
 
 from __future__ import annotations
